@@ -1,0 +1,81 @@
+"""The checkpoint registry: ``load(name)`` gives a ``Checkpoint`` (model boundary + what metrics need).
+
+A checkpoint is registered with a loader and the facts ``bench list`` shows (data shape, schedule,
+prediction type, one-line description); loading happens only when asked for, once per process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Optional
+
+import torch
+
+from samplers.model import DiffusionModel
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model plus the data-side facts the metrics use.
+
+    Attributes:
+        model: the network behind the model boundary (counts its NFE).
+        reference_solution: x_T -> the exact (analytic) or high-accuracy ODE solution at t_end.
+        real_data: (n, seed) -> real data samples, for distribution metrics.
+        log_prob: exact log p_0(x) where the density is known (analytic mixtures), else None.
+        moments: exact (mean, covariance) of the data where known, else None.
+        reference_exact: True when ``reference_solution`` is exact rather than a fine solver.
+    """
+
+    name: str
+    model: DiffusionModel
+    description: str
+    reference_solution: Callable[[torch.Tensor, float], torch.Tensor]
+    real_data: Callable[[int, int], torch.Tensor]
+    log_prob: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    moments: Optional[tuple] = None
+    reference_exact: bool = False
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def data_shape(self) -> tuple:
+        return self.model.data_shape
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    name: str
+    loader: Callable[[], Checkpoint]
+    data_shape: tuple
+    schedule: str
+    prediction: str
+    description: str
+
+
+_REGISTRY: dict[str, CheckpointEntry] = {}
+
+
+def register_checkpoint(name: str, *, data_shape: tuple, schedule: str, prediction: str, description: str):
+    """Decorator registering a zero-argument loader under ``name`` (duplicates raise)."""
+    def deco(loader):
+        if name in _REGISTRY:
+            raise ValueError(f"checkpoint {name!r} is already registered")
+        _REGISTRY[name] = CheckpointEntry(name, loader, tuple(data_shape), schedule, prediction, description)
+        return loader
+    return deco
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def entry(name: str) -> CheckpointEntry:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown checkpoint {name!r}; allowed: {available()}")
+    return _REGISTRY[name]
+
+
+@lru_cache(maxsize=None)
+def load(name: str) -> Checkpoint:
+    """Load a registered checkpoint (cached per process)."""
+    return entry(name).loader()

@@ -1,0 +1,20 @@
+"""samplerbench's mathematics: schedules, the model boundary, time grids and the sampler registry.
+
+Usage::
+
+    import samplers
+    model = samplers.DiffusionModel(my_net, samplers.VPLinear(), "eps", data_shape=(3, 32, 32))
+    x0 = samplers.get("ddim").sample(model, x_T, nfe=10)
+"""
+from .grids import T_END, time_grid
+from .model import PREDICTIONS, DiffusionModel
+from .noise import SampleNoise, initial_noise
+from .registry import Sampler, UnsupportedNFE, available, describe, get, register, register_preset
+from .schedules import NoiseSchedule, VPCosine, VPDiscrete, VPLinear, make_schedule
+
+# Each module below registers its samplers on import.
+from . import ddim, euler_heun  # noqa: F401,E402
+
+__all__ = ["DiffusionModel", "PREDICTIONS", "NoiseSchedule", "VPLinear", "VPCosine", "VPDiscrete",
+           "make_schedule", "SampleNoise", "initial_noise", "Sampler", "UnsupportedNFE", "available",
+           "describe", "get", "register", "register_preset", "time_grid", "T_END"]

@@ -1,0 +1,29 @@
+"""DDIM (Song et al. 2021, eq. 12) and DDPM ancestral sampling (Ho et al. 2020) as its eta = 1 case."""
+from __future__ import annotations
+
+from .grids import T_END, time_grid
+from .registry import register, register_preset
+
+
+@register("ddim", defaults={"eta": 0.0, "grid": "time_uniform", "t_end": T_END}, stochastic=lambda eta, **_: eta > 0,
+          description="DDIM (Song et al. 2021); eta = 0 deterministic, eta = 1 is DDPM ancestral")
+def ddim(model, x, nfe, *, noise, eta, grid, t_end):
+    """DDIM, Song et al. 2021 eq. (12); one model call per step, steps = NFE."""
+    if eta < 0:
+        raise ValueError(f"ddim: eta must be >= 0, got {eta}")
+    sch = model.schedule
+    ts = time_grid(sch, grid, nfe, t_end)
+    for s, t in zip(ts[:-1], ts[1:]):
+        a_s, s_s, a_t, s_t = sch.alpha(s), sch.sigma(s), sch.alpha(t), sch.sigma(t)
+        eps = model.eps(x, s)
+        x0 = (x - s_s * eps) / a_s
+        # sigma_eta = eta * sqrt((sigma_t^2 / sigma_s^2) * (1 - alpha_s^2 / alpha_t^2)).
+        s_eta = eta * (s_t / s_s) * (1.0 - (a_s / a_t) ** 2).clamp(min=0).sqrt()
+        x = a_t * x0 + (s_t**2 - s_eta**2).sqrt() * eps
+        if eta > 0:
+            x = x + s_eta * noise.randn()
+    return x
+
+
+register_preset("ddpm", "ddim", eta=1.0,
+                description="DDPM ancestral sampling (Ho et al. 2020) = DDIM with eta = 1")

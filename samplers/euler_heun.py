@@ -1,0 +1,54 @@
+"""Euler on the probability-flow ODE, and Heun's second-order step as in EDM (Karras et al. 2022, Alg. 1)."""
+from __future__ import annotations
+
+from .grids import T_END, time_grid
+from .registry import UnsupportedNFE, register
+
+EULER_SPACES = ("t", "rho")
+
+
+@register("euler", defaults={"space": "t", "grid": "time_uniform", "t_end": T_END},
+          choices={"space": EULER_SPACES},
+          description="Euler on the PF-ODE: in t (dx/dt) or, space='rho', EDM's x/alpha vs sigma/alpha")
+def euler(model, x, nfe, *, noise, space, grid, t_end):
+    """Explicit Euler; space='t' integrates dx/dt = f x + g^2 eps / (2 sigma), 'rho' is EDM's Euler (= DDIM)."""
+    sch = model.schedule
+    ts = time_grid(sch, grid, nfe, t_end)
+    for s, t in zip(ts[:-1], ts[1:]):
+        eps = model.eps(x, s)
+        if space == "t":
+            f, g2 = sch.drift_diffusion(s)
+            x = x + (t - s) * (f * x + 0.5 * g2 * eps / sch.sigma(s))
+        else:
+            # d(x/alpha)/d rho = eps, rho = sigma / alpha.
+            x = sch.alpha(t) * (x / sch.alpha(s) + (sch.rho(t) - sch.rho(s)) * eps)
+    return x
+
+
+def _check_heun(nfe, *, final_euler, **_):
+    if final_euler and nfe % 2 == 0:
+        raise UnsupportedNFE(f"heun with final_euler spends 2N - 1 evaluations (odd NFE), got {nfe}")
+    if not final_euler and (nfe % 2 or nfe < 2):
+        raise UnsupportedNFE(f"heun spends 2 evaluations per step (even NFE >= 2), got {nfe}")
+
+
+@register("heun", defaults={"final_euler": False, "grid": "karras", "t_end": T_END}, check_nfe=_check_heun,
+          description="Heun's 2nd-order step in EDM's (x/alpha, sigma/alpha) variables; 2 NFE per step")
+def heun(model, x, nfe, *, noise, final_euler, grid, t_end):
+    """EDM Algorithm 1 (deterministic): Heun steps; with final_euler the last step is Euler (NFE 2N - 1)."""
+    sch = model.schedule
+    steps = (nfe + 1) // 2 if final_euler else nfe // 2
+    ts = time_grid(sch, grid, steps, t_end)
+    xb = x / sch.alpha(ts[0])  # x-bar = x / alpha: the ODE is d x-bar / d rho = eps
+    for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
+        h = sch.rho(t) - sch.rho(s)
+        d = model.eps(xb * sch.alpha(s), s)
+        # Euler step.
+        x_next = xb + h * d
+        if final_euler and i == steps - 1:
+            xb = x_next
+            break
+        # Apply 2nd order correction.
+        d_next = model.eps(x_next * sch.alpha(t), t)
+        xb = xb + h * 0.5 * (d + d_next)
+    return xb * sch.alpha(ts[-1])
