@@ -12,8 +12,14 @@ from .noise import SampleNoise, initial_noise
 from .registry import Sampler, UnsupportedNFE, available, describe, get, register, register_preset
 from .schedules import NoiseSchedule, VPCosine, VPDiscrete, VPLinear, make_schedule
 
-# Each module below registers its samplers on import.
-from . import ddim, euler_heun  # noqa: F401,E402
+# Each module below registers its samplers on import; a new sampler family adds one line here.
+import importlib as _importlib  # noqa: E402
+
+for _module in (
+    "ddim",
+    "euler_heun",
+):
+    _importlib.import_module(f".{_module}", __name__)
 
 __all__ = ["DiffusionModel", "PREDICTIONS", "NoiseSchedule", "VPLinear", "VPCosine", "VPDiscrete",
            "make_schedule", "SampleNoise", "initial_noise", "Sampler", "UnsupportedNFE", "available",
