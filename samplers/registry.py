@@ -38,6 +38,7 @@ class SamplerSpec:
     stochastic: bool | Callable[..., bool]
     description: str
     in_default_sweep: bool
+    adaptive: bool = False
     base: str | None = None
     fixed: Mapping[str, Any] = field(default_factory=dict)
 
@@ -47,20 +48,22 @@ _REGISTRY: dict[str, SamplerSpec] = {}
 
 def register(name: str, *, defaults: Mapping[str, Any], choices: Mapping[str, tuple] | None = None,
              check_nfe: Callable[..., None] = _any_nfe, stochastic: bool | Callable[..., bool] = False, description: str = "",
-             in_default_sweep: bool = True):
+             in_default_sweep: bool = True, adaptive: bool = False):
     """Decorator registering ``fn(model, x_T, nfe, *, noise, **options)`` under ``name``.
 
     ``defaults`` lists every option with its default value; ``choices`` restricts an option to a
     tuple of values (an option "grid" is restricted to the grid registry unless given). Other
     options must match the type of their default. ``stochastic`` is a bool or a function of the
-    options (e.g. DDIM draws noise only when eta > 0).
+    options (e.g. DDIM draws noise only when eta > 0). An ``adaptive`` sampler chooses its own
+    steps from tolerances: it is called with ``nfe=None`` and its NFE is what the count says.
     """
     def deco(fn):
         ch = dict(choices or {})
         if "grid" in defaults and "grid" not in ch:
             ch["grid"] = tuple(grids.available())
         _add(SamplerSpec(name, fn, MappingProxyType(dict(defaults)), MappingProxyType(ch), check_nfe,
-                         stochastic, description or (fn.__doc__ or "").strip().splitlines()[0], in_default_sweep))
+                         stochastic, description or (fn.__doc__ or "").strip().splitlines()[0], in_default_sweep,
+                         adaptive))
         return fn
     return deco
 
@@ -70,7 +73,8 @@ def register_preset(name: str, base: str, *, description: str = "", in_default_s
     spec = _spec(base)
     _validate(spec, fixed)
     _add(SamplerSpec(name, spec.fn, spec.defaults, spec.choices, spec.check_nfe, spec.stochastic,
-                     description or spec.description, in_default_sweep, base=base, fixed=MappingProxyType(dict(fixed))))
+                     description or spec.description, in_default_sweep, spec.adaptive, base=base,
+                     fixed=MappingProxyType(dict(fixed))))
 
 
 def _add(spec: SamplerSpec):
@@ -137,18 +141,27 @@ class Sampler:
         st = self.spec.stochastic
         return bool(st(**self.options) if callable(st) else st)
 
-    def check_nfe(self, nfe: int) -> None:
+    @property
+    def adaptive(self) -> bool:
+        return self.spec.adaptive
+
+    def check_nfe(self, nfe: int | None) -> None:
         """Raise ``UnsupportedNFE`` if this sampler cannot spend exactly ``nfe`` evaluations."""
-        if int(nfe) != nfe:
+        if self.adaptive:
+            if nfe is not None:
+                raise UnsupportedNFE(f"{self.name!r} is adaptive: it picks its own NFE from atol/rtol; pass nfe=None")
+            return
+        if nfe is None or int(nfe) != nfe:
             raise UnsupportedNFE(f"NFE must be an integer, got {nfe!r}")
         self.spec.check_nfe(int(nfe), **self.options)
 
-    def sample(self, model, x_T: torch.Tensor, nfe: int, *, noise=None) -> torch.Tensor:
+    def sample(self, model, x_T: torch.Tensor, nfe: int | None, *, noise=None) -> torch.Tensor:
         """Integrate from x_T (at t = T) to t_end spending the NFE budget; returns x at t_end (float64)."""
         self.check_nfe(nfe)
         if self.stochastic and noise is None:
             raise ValueError(f"sampler {self.name!r} is stochastic: pass noise=SampleNoise(...)")
-        return self.spec.fn(model, x_T.to(torch.float64), int(nfe), noise=noise, **self.options)
+        return self.spec.fn(model, x_T.to(torch.float64), None if nfe is None else int(nfe), noise=noise,
+                            **self.options)
 
     def config_json(self) -> str:
         """Every option, sorted: the sampler's identity in a results row."""
