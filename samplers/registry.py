@@ -44,6 +44,7 @@ class SamplerSpec:
 
 
 _REGISTRY: dict[str, SamplerSpec] = {}
+_LAZY: dict[str, Callable[[], None]] = {}  # name -> registers it on first use (heavy optional imports)
 
 
 def register(name: str, *, defaults: Mapping[str, Any], choices: Mapping[str, tuple] | None = None,
@@ -62,10 +63,17 @@ def register(name: str, *, defaults: Mapping[str, Any], choices: Mapping[str, tu
         if "grid" in defaults and "grid" not in ch:
             ch["grid"] = tuple(grids.available())
         _add(SamplerSpec(name, fn, MappingProxyType(dict(defaults)), MappingProxyType(ch), check_nfe,
-                         stochastic, description or (fn.__doc__ or "").strip().splitlines()[0], in_default_sweep,
+                         stochastic, description or (fn.__doc__ or name).strip().splitlines()[0], in_default_sweep,
                          adaptive))
         return fn
     return deco
+
+
+def register_lazy(name: str, load: Callable[[], None]) -> None:
+    """List ``name`` now; ``load()`` must register it, and runs when the name is first looked up."""
+    if name in _REGISTRY or name in _LAZY:
+        raise ValueError(f"sampler {name!r} is already registered")
+    _LAZY[name] = load
 
 
 def register_preset(name: str, base: str, *, description: str = "", in_default_sweep: bool = True, **fixed):
@@ -80,12 +88,14 @@ def register_preset(name: str, base: str, *, description: str = "", in_default_s
 def _add(spec: SamplerSpec):
     if not spec.name or any(c.isspace() for c in spec.name):
         raise ValueError(f"invalid sampler name {spec.name!r}")
-    if spec.name in _REGISTRY:
+    if spec.name in _REGISTRY or spec.name in _LAZY:
         raise ValueError(f"sampler {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
 
 
 def _spec(name: str) -> SamplerSpec:
+    if name not in _REGISTRY and name in _LAZY:
+        _LAZY.pop(name)()
     if name not in _REGISTRY:
         raise ValueError(f"unknown sampler {name!r}; allowed: {available()}")
     return _REGISTRY[name]
@@ -177,7 +187,8 @@ def get(name: str, **options) -> Sampler:
 
 
 def available(default_sweep_only: bool = False) -> list[str]:
-    return sorted(n for n, s in _REGISTRY.items() if s.in_default_sweep or not default_sweep_only)
+    lazy = [] if default_sweep_only else list(_LAZY)  # lazy names are never in the default sweep
+    return sorted([n for n, s in _REGISTRY.items() if s.in_default_sweep or not default_sweep_only] + lazy)
 
 
 def describe(name: str) -> SamplerSpec:

@@ -1,0 +1,1 @@
+"""samplerbench's harness: sweep cells, run them, store rows, report and check regressions."""

@@ -1,0 +1,1 @@
+"""Metrics of a cell's samples: solver error, moment and likelihood metrics, FID/KID."""

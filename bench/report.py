@@ -1,0 +1,158 @@
+"""Reports: per checkpoint, metric-vs-NFE plots and paper-style tables (Markdown and LaTeX booktabs)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .schema import METRICS
+from .store import ResultsStore
+
+LOG_METRICS = {"solver_error_median", "solver_error_mean", "frechet", "fid", "kid", "wall_clock_s"}
+TABLE_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "nll_bpd")
+PLOT_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "nll_bpd", "wall_clock_s")
+STATUS_MARK = {"unsupported": "n/a", "diverged": "div.", "error": "err"}
+
+
+def sampler_labels(df: pd.DataFrame) -> pd.Series:
+    """The sampler name, plus the options that differ where one name appears with several configs."""
+    labels = df["sampler"].astype(str).copy()
+    for name, group in df.groupby("sampler"):
+        configs = group["sampler_config"].unique()
+        if len(configs) < 2:
+            continue
+        parsed = {c: json.loads(c) for c in configs}
+        varying = sorted(k for k in set().union(*parsed.values()) if len({json.dumps(p.get(k)) for p in parsed.values()}) > 1)
+        for c in configs:
+            tag = ",".join(f"{k}={parsed[c].get(k)}" for k in varying)
+            labels[(df["sampler"] == name) & (df["sampler_config"] == c)] = f"{name}[{tag}]"
+    return labels
+
+
+def _fmt(x: float) -> str:
+    return "nan" if not math.isfinite(x) else f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def metric_table(df: pd.DataFrame, metric: str) -> tuple[list[str], list[int], list[list[str]], dict]:
+    """(row labels, NFE columns, cell texts, bold positions) of one metric; mean +- std over seeds."""
+    fixed = df[df["nfe"].notna()]
+    nfes = sorted(int(n) for n in fixed["nfe"].unique())
+    labels = sorted(fixed["label"].unique())
+    lower_better = METRICS.get(metric, True)
+    cells, means = [], np.full((len(labels), len(nfes)), np.nan)
+    for i, lab in enumerate(labels):
+        row = []
+        for j, nfe in enumerate(nfes):
+            sel = fixed[(fixed["label"] == lab) & (fixed["nfe"] == nfe)]
+            ok = sel[sel["status"] == "ok"][metric].dropna()
+            if len(ok):
+                means[i, j] = ok.mean()
+                row.append(_fmt(ok.mean()) + (f" ± {_fmt(ok.std())}" if len(ok) > 1 else ""))
+            elif len(sel):
+                row.append(STATUS_MARK.get(sel["status"].iloc[0], str(sel["status"].iloc[0])))
+            else:
+                row.append("")
+        cells.append(row)
+    bold = {}
+    for j in range(len(nfes)):
+        col = means[:, j]
+        if np.isfinite(col).any():
+            bold[j] = int(np.nanargmin(col) if lower_better else np.nanargmax(col))
+    return labels, nfes, cells, bold
+
+
+def to_markdown(labels, nfes, cells, bold, metric) -> str:
+    head = f"| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |"
+    lines = [head, "|" + "---|" * (len(nfes) + 1)]
+    for i, lab in enumerate(labels):
+        texts = [f"**{c}**" if bold.get(j) == i else c for j, c in enumerate(cells[i])]
+        lines.append(f"| {lab} | " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(labels, nfes, cells, bold, metric) -> str:
+    esc = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$").replace("[", "{[}").replace("]", "{]}")
+    lines = [r"\begin{tabular}{l" + "r" * len(nfes) + "}", r"\toprule",
+             "Sampler & " + " & ".join(f"NFE {n}" for n in nfes) + r" \\", r"\midrule"]
+    for i, lab in enumerate(labels):
+        texts = [rf"\textbf{{{esc(c)}}}" if bold.get(j) == i else esc(c) for j, c in enumerate(cells[i])]
+        lines.append(esc(lab) + " & " + " & ".join(texts) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_metrics(df: pd.DataFrame, metrics: list[str], title: str, path: Path):
+    """One panel per metric against NFE, one line per sampler (mean over seeds, error bars = std)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncol = min(3, len(metrics))
+    nrow = math.ceil(len(metrics) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow), squeeze=False)
+    ok = df[df["status"] == "ok"]
+    for ax, metric in zip(axes.flat, metrics):
+        for lab, g in ok.groupby("label"):
+            fixed = g[g["nfe"].notna()]
+            if len(fixed):
+                agg = fixed.groupby("nfe")[metric].agg(["mean", "std"]).dropna(subset=["mean"])
+                ax.errorbar(agg.index.astype(float), agg["mean"], yerr=agg["std"].fillna(0), marker="o", ms=3,
+                            capsize=2, label=lab)
+            adaptive = g[g["nfe"].isna()]
+            if len(adaptive):
+                ax.scatter(adaptive["nfe_counted"], adaptive[metric], marker="*", s=60, label=f"{lab} (adaptive)")
+        ax.set_xscale("log")
+        nfes = sorted(float(n) for n in df["nfe"].dropna().unique())
+        ax.set_xticks(nfes, [f"{n:g}" for n in nfes])
+        ax.minorticks_off()
+        if metric in LOG_METRICS:
+            ax.set_yscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_title(metric)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write plots and tables for every checkpoint in the results; returns the files written."""
+    df = ResultsStore(results_dir).read()
+    if df.empty:
+        raise ValueError(f"no results in {results_dir}; run `python -m bench run` first")
+    out_dir, written = Path(out_dir), []
+    for ck, d in df.groupby("checkpoint"):
+        d = d.assign(label=sampler_labels(d))
+        ok = d[d["status"] == "ok"]
+        present = [m for m in PLOT_METRICS if ok[m].notna().any()]
+        folder = out_dir / str(ck)
+        folder.mkdir(parents=True, exist_ok=True)
+        parts = [f"# {ck}\n", f"{len(d)} cells, seeds {sorted(d['seed'].unique().tolist())}, "
+                 f"{int(d['n_samples'].iloc[0])} samples per cell. Mean ± std over seeds; best per column in bold; "
+                 "n/a = NFE not supported, div. = diverged, err = error.\n", "![metrics](metrics.png)\n"]
+        if present:
+            plot_metrics(d, present, str(ck), folder / "metrics.png")
+            written.append(folder / "metrics.png")
+        for metric in (m for m in TABLE_METRICS if m in present):
+            table = metric_table(d, metric)
+            for suffix, fmt in ((".md", to_markdown), (".tex", to_latex)):
+                path = folder / f"{metric}{suffix}"
+                path.write_text(fmt(*table, metric))
+                written.append(path)
+            parts.append(f"## {metric} ({'lower' if METRICS[metric] else 'higher'} is better)\n\n" + to_markdown(*table, metric))
+        bad = d[d["status"] != "ok"]
+        if len(bad):
+            parts.append("## Cells that did not finish ok\n\n| sampler | NFE | seed | status | reason |\n|---|---|---|---|---|\n"
+                         + "".join(f"| {r.label} | {r.nfe} | {r.seed} | {r.status} | {str(r.error)[:120]} |\n"
+                                   for r in bad.itertuples()))
+        (folder / "README.md").write_text("\n".join(parts))
+        written.append(folder / "README.md")
+    return written

@@ -1,0 +1,65 @@
+"""The columns of a results row, their types, and the statuses a cell can end in (documented in the README)."""
+from __future__ import annotations
+
+import pandas as pd
+
+STATUSES = ("ok", "diverged", "unsupported", "error")
+RETRY_STATUSES = ("error",)  # resume recomputes these; every other status is a final outcome
+
+# column -> pandas dtype. Metrics are float (NaN where a metric does not apply or the cell failed).
+COLUMNS: dict[str, str] = {
+    "cell_id": "string",
+    "checkpoint": "string",
+    "sampler": "string",
+    "sampler_config": "string",      # JSON of every option, sorted keys
+    "grid": "string",
+    "nfe": "Int64",                  # requested budget; <NA> for adaptive samplers
+    "nfe_counted": "float64",        # model calls per batch, counted by the model boundary
+    "seed": "int64",
+    "n_samples": "int64",
+    "batch_size": "int64",
+    "status": "string",
+    "error": "string",
+    "wall_clock_s": "float64",
+    "s_per_sample": "float64",
+    "solver_error_mean": "float64",  # L2 distance to the exact / reference ODE solution from the same x_T
+    "solver_error_median": "float64",
+    "reference_exact": "boolean",
+    "frechet": "float64",            # Frechet distance of sample moments to the true data moments
+    "loglik": "float64",             # mean log p_0(sample) under the true density
+    "fid": "float64",
+    "kid": "float64",
+    "kid_std": "float64",
+    "nll_bpd": "float64",
+    "max_abs": "float64",
+    "run_id": "string",
+    "created_at": "string",
+    "git_commit": "string",
+    "versions": "string",
+    "device": "string",
+    "threads": "int64",
+}
+
+# metric -> True if lower is better (used by report's bold and check's direction).
+METRICS: dict[str, bool] = {
+    "solver_error_median": True,
+    "solver_error_mean": True,
+    "frechet": True,
+    "loglik": False,
+    "fid": True,
+    "kid": True,
+    "nll_bpd": True,
+    "wall_clock_s": True,
+}
+
+KEY_COLUMNS = ("checkpoint", "sampler", "sampler_config", "nfe", "seed", "n_samples")
+
+
+def conform(df: pd.DataFrame) -> pd.DataFrame:
+    """Give a frame exactly the schema's columns, in order, with the schema's dtypes."""
+    df = df.copy()
+    for col, dtype in COLUMNS.items():
+        if col not in df:
+            df[col] = None  # becomes NaN / <NA>; the int64 columns are required
+        df[col] = df[col].astype(dtype)
+    return df[list(COLUMNS)].reset_index(drop=True)
