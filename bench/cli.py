@@ -13,6 +13,7 @@ DEFAULT_REPORTS = "reports"
 
 
 def _cmd_run(args) -> int:
+    from . import dist
     from .grid import make_cells, resolve_samplers
     from .runner import run_sweep
     import pretrained
@@ -24,6 +25,8 @@ def _cmd_run(args) -> int:
         pretrained.entry(ck)  # unknown names raise before anything runs
     cells = make_cells(args.checkpoint, resolve_samplers(args.sampler), args.nfe, args.seeds, args.n_samples)
     counts = run_sweep(cells, args.results, batch_size=args.batch_size, progress=not args.quiet)
+    if not dist.is_main():
+        return 0
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     print(f"{len(cells)} cells ({summary}); results in {args.results}/results.parquet")
     print(f"next: python -m bench report --results {args.results}")

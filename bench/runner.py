@@ -20,6 +20,7 @@ import pretrained
 from samplers import SampleNoise, UnsupportedNFE, initial_noise
 from samplers.grids import T_END
 
+from . import dist
 from .grid import Cell
 from .metrics.moments import frechet_to_moments, mean_loglik
 from .metrics.solver_error import solver_error
@@ -60,21 +61,30 @@ class ReferenceCache:
 WARMUP_SAMPLES = 2  # an untimed run on this many samples before each timed cell
 
 
-def generate(ck, cell: Cell, x_T: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, float, float]:
-    """Samples of one cell in batches: (samples, NFE counted per batch, wall-clock seconds)."""
-    sampler, outs, counts = cell.sampler, [], []
-    warm = range(min(WARMUP_SAMPLES, cell.n_samples))
-    sampler.sample(ck.model, x_T[: len(warm)], cell.nfe,
-                   noise=SampleNoise(cell.seed, warm, ck.data_shape) if sampler.stochastic else None)
-    start = time.perf_counter()
-    for lo in range(0, cell.n_samples, batch_size):
-        idx = range(lo, min(cell.n_samples, lo + batch_size))
-        noise = SampleNoise(cell.seed, idx, ck.data_shape) if sampler.stochastic else None
-        with ck.model.counting() as count:
-            outs.append(sampler.sample(ck.model, x_T[lo:idx.stop], cell.nfe, noise=noise))
-        counts.append(count.n)
-    wall = time.perf_counter() - start
-    return torch.cat(outs), sum(counts) / len(counts), wall
+def generate_shard(ck, cell: Cell, x_T: torch.Tensor, batch_size: int) -> dict:
+    """This process's share of a cell's samples, in batches, with NFE counted per batch and wall-clock.
+
+    Returns {"samples", "nfe_per_batch", "wall"} or {"error"}: a failure on one rank must not leave
+    the others waiting in the gather.
+    """
+    sampler, indices = cell.sampler, dist.shard(cell.n_samples)
+    try:
+        warm = indices[:WARMUP_SAMPLES]
+        sampler.sample(ck.model, x_T[list(warm)], cell.nfe,
+                       noise=SampleNoise(cell.seed, warm, ck.data_shape) if sampler.stochastic else None)
+        outs, counts = [], []
+        start = time.perf_counter()
+        for lo in range(0, len(indices), batch_size):
+            idx = indices[lo:lo + batch_size]
+            noise = SampleNoise(cell.seed, idx, ck.data_shape) if sampler.stochastic else None
+            with ck.model.counting() as count:
+                outs.append(sampler.sample(ck.model, x_T[list(idx)], cell.nfe, noise=noise))
+            counts.append(count.n)
+        wall = time.perf_counter() - start
+    except Exception as exc:  # noqa: BLE001 -- becomes the cell's error row
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    empty = x_T[:0]
+    return {"samples": torch.cat(outs) if outs else empty, "nfe_per_batch": counts, "wall": wall}
 
 
 def cell_metrics(ck, samples: torch.Tensor, reference: torch.Tensor) -> dict:
@@ -91,24 +101,33 @@ def cell_metrics(ck, samples: torch.Tensor, reference: torch.Tensor) -> dict:
     return out
 
 
-def run_cell(ck, cell: Cell, x_T: torch.Tensor, refs: ReferenceCache, batch_size: int) -> dict:
-    """One row: the cell's key, status, timing and metrics; failures are rows, never exceptions."""
+def run_cell(ck, cell: Cell, x_T: torch.Tensor, refs: ReferenceCache, batch_size: int) -> dict | None:
+    """One row (on rank 0; None elsewhere): key, status, timing, metrics. Failures are rows, not exceptions."""
     row = {**cell.key, "cell_id": cell.cell_id, "grid": cell.sampler.options.get("grid"),
            "batch_size": batch_size, "status": "ok"}
     try:
         cell.sampler.check_nfe(cell.nfe)
-        samples, counted, wall = generate(ck, cell, x_T, batch_size)
-        row.update(nfe_counted=counted, wall_clock_s=wall, s_per_sample=wall / cell.n_samples)
-        max_abs = float(samples.abs().max()) if samples.numel() else 0.0
-        row["max_abs"] = max_abs
-        if not torch.isfinite(samples).all() or max_abs > DIVERGED_ABS:
-            row.update(status="diverged", error=f"samples non-finite or |x| > {DIVERGED_ABS:g} (max |x| = {max_abs:.3g})")
-            return row
+    except UnsupportedNFE as exc:
+        return row | {"status": "unsupported", "error": str(exc)} if dist.is_main() else None
+    parts = dist.gather(generate_shard(ck, cell, x_T, batch_size))
+    if not dist.is_main():
+        return None
+    errors = [p["error"] for p in parts if "error" in p]
+    if errors:
+        return row | {"status": "error", "error": errors[0]}
+    counts = [c for p in parts for c in p["nfe_per_batch"]]
+    samples = dist.unshard([p["samples"] for p in parts], cell.n_samples)
+    wall = max(p["wall"] for p in parts)
+    max_abs = float(samples.abs().max())
+    row.update(nfe_counted=sum(counts) / len(counts), wall_clock_s=wall, s_per_sample=wall / cell.n_samples,
+               max_abs=max_abs)
+    if not torch.isfinite(samples).all() or max_abs > DIVERGED_ABS:
+        return row | {"status": "diverged",
+                      "error": f"samples non-finite or |x| > {DIVERGED_ABS:g} (max |x| = {max_abs:.3g})"}
+    try:
         t_end = float(cell.sampler.options.get("t_end", T_END))
         row.update(cell_metrics(ck, samples, refs.get(ck, cell.seed, cell.n_samples, t_end, x_T)))
-    except UnsupportedNFE as exc:
-        row.update(status="unsupported", error=str(exc))
-    except Exception as exc:  # noqa: BLE001 -- a failed cell is a row with its reason (STYLE principle 8)
+    except Exception as exc:  # noqa: BLE001 -- a failed metric is the cell's error row (STYLE principle 8)
         row.update(status="error", error=f"{type(exc).__name__}: {exc}")
     return row
 
@@ -116,14 +135,16 @@ def run_cell(ck, cell: Cell, x_T: torch.Tensor, refs: ReferenceCache, batch_size
 def run_sweep(cells: list[Cell], results_dir: str | Path, *, batch_size: int = DEFAULT_BATCH,
               progress: bool = True) -> dict:
     """Run every cell not already stored in ``results_dir``; returns counts by status."""
+    dist.init_from_env()
     store = ResultsStore(results_dir)
-    done = store.done_cells()
+    done = dist.broadcast(store.done_cells() if dist.is_main() else None)
     todo = [c for c in cells if c.cell_id not in done]
     refs = ReferenceCache(Path(results_dir) / "cache")
-    run = {"run_id": uuid.uuid4().hex[:12], **provenance()}
+    run = {"run_id": dist.broadcast(uuid.uuid4().hex[:12]), **provenance(), "world_size": dist.world_size()}
     counts = {"skipped": len(cells) - len(todo)}
     x_T_key, x_T = None, None
-    bar = tqdm(total=len(cells), initial=counts["skipped"], unit="cell", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(cells), initial=counts["skipped"], unit="cell", disable=not (progress and dist.is_main()),
+               dynamic_ncols=True)
     try:
         for cell in todo:
             ck = pretrained.load(cell.checkpoint)
@@ -132,9 +153,10 @@ def run_sweep(cells: list[Cell], results_dir: str | Path, *, batch_size: int = D
                 x_T = initial_noise(cell.seed, range(cell.n_samples), ck.data_shape)
             bar.set_postfix_str(f"{cell.checkpoint} {cell.sampler.name} nfe={cell.nfe} seed={cell.seed}")
             row = run_cell(ck, cell, x_T, refs, batch_size)
-            row.update(run, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-            store.append([row])
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
+            if row is not None:
+                row.update(run, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                store.append([row])
+                counts[row["status"]] = counts.get(row["status"], 0) + 1
             bar.update(1)
     finally:
         bar.close()

@@ -38,6 +38,7 @@ COLUMNS: dict[str, str] = {
     "versions": "string",
     "device": "string",
     "threads": "int64",
+    "world_size": "int64",           # processes that shared the sample generation (torchrun)
 }
 
 # metric -> True if lower is better (used by report's bold and check's direction).

@@ -29,6 +29,7 @@ DIGITS_WEIGHTS = WEIGHTS_ROOT / "digits_features"
 CACHE_ENV = "SAMPLERBENCH_FID_CACHE"
 BATCH_SIZE = 250
 KID_SUBSETS = 100
+KID_MAX_SUBSET = 1000  # subsets are half the smaller set (at most this), so kid_std shows subset spread
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -111,13 +112,14 @@ def inception_weights(path=None) -> str | None:
 
 
 def _extractor_setup(checkpoint, inception_weights_path):
-    """(extractor name, feature layer, weights path or None, cache-key fragment of the weights)."""
+    """(extractor name, feature layer, weights path or None, cache-key fragment of the weights, KID kernel gamma)."""
     name = checkpoint.extras.get("fid", INCEPTION)
     if name == FID_EXTRACTOR:
-        return name, DIGITS_LAYER, str(DIGITS_WEIGHTS), read_manifest(DIGITS_WEIGHTS)["weights_sha256"][:16]
+        manifest = read_manifest(DIGITS_WEIGHTS)
+        return name, DIGITS_LAYER, str(DIGITS_WEIGHTS), manifest["weights_sha256"][:16], manifest["kid_gamma"]
     if name == INCEPTION:
         path = inception_weights(inception_weights_path)
-        return name, INCEPTION_LAYER, path, (_sha256(path)[:16] if path else "torch-fidelity-url")
+        return name, INCEPTION_LAYER, path, (_sha256(path)[:16] if path else "torch-fidelity-url"), None
     raise ValueError(f"checkpoint {checkpoint.name!r} names an unknown FID extractor {name!r}; "
                      f"allowed: {[FID_EXTRACTOR, INCEPTION]}")
 
@@ -137,8 +139,11 @@ def fid_kid(samples: torch.Tensor, checkpoint, *, inception_weights_path=None, c
             ``extras["fid_reference"]`` = (key, n) names and sizes its reference set (``real_data(n, 0)``).
         inception_weights_path: Inception weights for RGB checkpoints (else $SAMPLERBENCH_INCEPTION_WEIGHTS).
         cache_root: where reference statistics are cached (else $SAMPLERBENCH_FID_CACHE, else torch-fidelity's).
+
+    KID uses torch-fidelity's cubic polynomial kernel; for digits its gamma is 1 / E|f|^2 (manifest
+    "kid_gamma") instead of 1 / d, so KID values are not on the Inception scale.
     """
-    name, layer, weights, weights_key = _extractor_setup(checkpoint, inception_weights_path)
+    name, layer, weights, weights_key, gamma = _extractor_setup(checkpoint, inception_weights_path)
     ref_key, n_ref = checkpoint.extras["fid_reference"]
     rgb = name == INCEPTION
     reference = _images(checkpoint.real_data(n_ref, 0), rgb)
@@ -148,7 +153,7 @@ def fid_kid(samples: torch.Tensor, checkpoint, *, inception_weights_path=None, c
         cache_root=cache_root or os.environ.get(CACHE_ENV), cache=True,
         cuda=torch.cuda.is_available(), save_cpu_ram=True, batch_size=batch_size, verbose=False,
         fid=True, kid=True, feature_extractor=name, feature_layer_fid=layer, feature_layer_kid=layer,
-        feature_extractor_weights_path=weights, kid_subsets=kid_subsets,
-        kid_subset_size=min(len(samples), len(reference), 1000))
+        feature_extractor_weights_path=weights, kid_subsets=kid_subsets, kid_kernel_poly_gamma=gamma,
+        kid_subset_size=min(len(samples), len(reference), 2 * KID_MAX_SUBSET) // 2)
     return {"fid": out["frechet_inception_distance"], "kid": out["kernel_inception_distance_mean"],
             "kid_std": out["kernel_inception_distance_std"]}

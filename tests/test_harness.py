@@ -1,0 +1,187 @@
+"""The harness end to end: CLI run on a tiny grid, resume after a kill, concurrent runs, report, check."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.grid import make_cells, parse_sampler_spec, resolve_samplers
+from bench.store import ResultsStore
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--checkpoint", "gmm-2d", "--n-samples", "64", "--quiet"]
+
+
+def _run(tmp, *args):
+    return main(["run", *TINY, "--results", str(tmp), *args])
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, **kw)
+
+
+def test_run_writes_one_row_per_cell_with_schema(tmp_path):
+    assert _run(tmp_path, "--nfe", "4", "5", "--sampler", "ddim", "heun", "ddpm", "--seeds", "0", "1") == 0
+    df = ResultsStore(tmp_path).read()
+    assert len(df) == 3 * 2 * 2 and df["cell_id"].is_unique
+    ok = df[df["status"] == "ok"]
+    assert (ok["nfe_counted"] == ok["nfe"].astype(float)).all()
+    heun5 = df[(df["sampler"] == "heun") & (df["nfe"] == 5)]
+    assert set(heun5["status"]) == {"unsupported"} and heun5["error"].str.contains("even").all()
+    assert ok["solver_error_median"].notna().all() and ok["frechet"].notna().all() and ok["loglik"].notna().all()
+    assert df["fid"].isna().all() and df["nll_bpd"].isna().all()  # columns exist before their metrics do
+    assert json.loads(df["sampler_config"].iloc[0])["grid"] == df["grid"].iloc[0]
+    assert (df["git_commit"].str.len() > 0).all() and (df["threads"] >= 1).all()
+
+
+def test_same_seed_same_numbers_and_batch_size_does_not_matter(tmp_path):
+    _run(tmp_path / "a", "--nfe", "6", "--sampler", "ddim", "ddpm")
+    _run(tmp_path / "b", "--nfe", "6", "--sampler", "ddim", "ddpm", "--batch-size", "7")
+    a, b = (ResultsStore(tmp_path / d).read().set_index("cell_id").sort_index() for d in "ab")
+    for col in ("solver_error_mean", "frechet", "loglik"):
+        assert a[col].to_numpy() == pytest.approx(b[col].to_numpy(), rel=1e-9, abs=1e-12)
+
+
+def test_rerun_skips_finished_cells(tmp_path):
+    _run(tmp_path, "--nfe", "3", "--sampler", "ddim")
+    first = ResultsStore(tmp_path).read()
+    _run(tmp_path, "--nfe", "3", "4", "--sampler", "ddim")
+    second = ResultsStore(tmp_path).read()
+    assert len(second) == 2
+    assert second[second["cell_id"] == first["cell_id"][0]]["run_id"].item() == first["run_id"][0]
+
+
+def test_killed_run_resumes_with_every_cell_exactly_once(tmp_path):
+    args = ["run", *TINY, "--results", str(tmp_path), "--nfe", *map(str, range(20, 60, 2)), "--sampler", "euler"]
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    store, deadline = ResultsStore(tmp_path), time.time() + 120
+    while time.time() < deadline and (not store.path.exists() or len(store.read()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(store.read())
+    assert 3 <= partial < 20, "the kill should land mid-sweep"
+    assert _cli(*args).returncode == 0
+    df = store.read()
+    assert len(df) == 20 and df["cell_id"].is_unique and (df["status"] == "ok").all()
+
+
+def test_two_concurrent_runs_share_a_folder_safely(tmp_path):
+    args = ["run", *TINY, "--results", str(tmp_path), "--nfe", *map(str, range(4, 24, 2)), "--sampler", "ddim"]
+    procs = [subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(2)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    df = ResultsStore(tmp_path).read()
+    assert len(df) == 10 and df["cell_id"].is_unique
+
+
+def test_a_failing_cell_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    import dataclasses
+
+    from samplers.registry import _REGISTRY
+    spec = _REGISTRY["ddim"]
+
+    def exploding(model, x, nfe, **kw):
+        if nfe == 4:
+            raise RuntimeError("boom")
+        if nfe == 5:
+            return x * float("nan")
+        return spec.fn(model, x, nfe, **kw)
+    monkeypatch.setitem(_REGISTRY, "ddim", dataclasses.replace(spec, fn=exploding))
+    assert _run(tmp_path, "--nfe", "3", "4", "5", "--sampler", "ddim") == 0
+    df = ResultsStore(tmp_path).read().set_index("nfe")
+    assert df.loc[3, "status"] == "ok"
+    assert df.loc[4, "status"] == "error" and "boom" in df.loc[4, "error"]
+    assert df.loc[5, "status"] == "diverged"
+    monkeypatch.setitem(_REGISTRY, "ddim", spec)
+    _run(tmp_path, "--nfe", "3", "4", "5", "--sampler", "ddim")  # error cells are retried, the rest kept
+    df = ResultsStore(tmp_path).read().set_index("nfe")
+    assert df.loc[4, "status"] == "ok" and df.loc[5, "status"] == "diverged" and len(df) == 3
+
+
+def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    assert _run(tmp_path, "--sampler", "nope") == 2
+    assert "allowed" in capsys.readouterr().err
+    assert main(["run", "--checkpoint", "cifar", "--results", str(tmp_path)]) == 2
+    assert "allowed" in capsys.readouterr().err
+    assert _run(tmp_path, "--sampler", "ddim,eta=abc") == 2
+    assert not (tmp_path / "results.parquet").exists()
+
+
+def test_sampler_specs_parse_options_and_globs():
+    assert parse_sampler_spec("ddim,eta=0.5,grid=logSNR") == [("ddim", {"eta": 0.5, "grid": "logSNR"})]
+    assert [n for n, _ in parse_sampler_spec("dd*")] == ["ddim", "ddpm"]
+    assert parse_sampler_spec("heun,final_euler=true") == [("heun", {"final_euler": True})]
+    with pytest.raises(ValueError, match="key=value"):
+        parse_sampler_spec("ddim,eta")
+    with pytest.raises(ValueError, match="no sampler matches"):
+        parse_sampler_spec("zz*")
+    cells = make_cells(["gmm-2d"], resolve_samplers(["ddim", "ddim,eta=0"]), [5, 5, 10], [0], 8)
+    assert len(cells) == 2  # duplicate specs and budgets collapse
+
+
+def test_report_writes_plot_and_tables(tmp_path):
+    _run(tmp_path / "r", "--nfe", "4", "8", "--sampler", "ddim", "heun", "ddim,eta=0.5", "--seeds", "0", "1")
+    assert main(["report", "--results", str(tmp_path / "r"), "--out", str(tmp_path / "out")]) == 0
+    folder = tmp_path / "out" / "gmm-2d"
+    assert (folder / "metrics.png").stat().st_size > 10_000
+    md = (folder / "solver_error_median.md").read_text()
+    assert "| sampler | NFE 4 | NFE 8 |" in md and "ddim[eta=0.5]" in md and "±" in md and "**" in md
+    tex = (folder / "solver_error_median.tex").read_text()
+    assert r"\toprule" in tex and r"\textbf" in tex and r"\bottomrule" in tex
+    # the best (bold) entry of each column is the smallest mean
+    df = ResultsStore(tmp_path / "r").read()
+    best = df[df["status"] == "ok"].groupby(["nfe", "sampler", "sampler_config"])["solver_error_median"].mean()
+    for nfe in (4, 8):
+        bold_row = next(line for line in md.splitlines() if "**" in line.split("|")[1 + [4, 8].index(nfe) + 1])
+        assert f"{best.loc[nfe].min():.3g}" in bold_row
+
+
+def test_check_passes_on_identical_and_fails_on_worse_or_missing(tmp_path, capsys):
+    results, baseline = tmp_path / "r", tmp_path / "baseline.csv"
+    _run(results, "--nfe", "4", "8", "--sampler", "ddim", "heun")
+    assert main(["baseline", "--results", str(results), "--out", str(baseline)]) == 0
+    assert main(["check", "--baseline", str(baseline), "--results", str(results)]) == 0
+    assert "PASS" in capsys.readouterr().out
+    # worsen one metric of one cell in the results
+    store = ResultsStore(results)
+    df = store.read()
+    i = df.index[(df["sampler"] == "ddim") & (df["nfe"] == 8)][0]
+    df.loc[i, "solver_error_median"] *= 1.5
+    store._write(df)
+    assert main(["check", "--baseline", str(baseline), "--results", str(results)]) == 1
+    out = capsys.readouterr().out
+    assert "WORSE" in out and "ddim nfe=8" in out and "solver_error_median" in out
+    # a cell present in the baseline but missing from the results fails too
+    store._write(df.drop(index=i))
+    assert main(["check", "--baseline", str(baseline), "--results", str(results)]) == 1
+    assert "MISSING" in capsys.readouterr().out
+
+
+def test_list_shows_samplers_grids_checkpoints():
+    out = _cli("list")
+    assert out.returncode == 0
+    for word in ("ddim", "heun", "karras", "logSNR", "gmm-2d", "gmm-16d"):
+        assert word in out.stdout
+
+
+def test_torchrun_sharding_gives_the_single_process_numbers(tmp_path):
+    args = ["run", *TINY[:2], "--n-samples", "21", "--quiet", "--nfe", "4", "--sampler", "ddim", "ddpm", "heun"]
+    single = _cli(*args, "--results", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "bench",
+                            *args, "--results", str(tmp_path / "two")], cwd=ROOT, capture_output=True, text=True,
+                           env=env, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    a, b = (ResultsStore(tmp_path / d).read().set_index("cell_id").sort_index() for d in ("one", "two"))
+    assert list(b["world_size"].unique()) == [2] and len(b) == 3
+    for col in ("solver_error_mean", "frechet", "loglik", "nfe_counted"):
+        assert a[col].to_numpy() == pytest.approx(b[col].to_numpy(), rel=1e-12)
