@@ -18,6 +18,10 @@ import importlib as _importlib  # noqa: E402
 for _module in (
     "ddim",
     "euler_heun",
+    "dpm_solver",
+    "deis",
+    "diffusers_adapter",
+    "unipc",
 ):
     _importlib.import_module(f".{_module}", __name__)
 
