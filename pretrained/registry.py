@@ -77,5 +77,8 @@ def entry(name: str) -> CheckpointEntry:
 
 @lru_cache(maxsize=None)
 def load(name: str) -> Checkpoint:
-    """Load a registered checkpoint (cached per process)."""
+    """Load a registered checkpoint, or "hub:<folder or hub id>" for a diffusers UNet (cached per process)."""
+    if name.startswith("hub:"):
+        from .hub import load_diffusers
+        return load_diffusers(name[len("hub:"):])
     return entry(name).loader()
