@@ -1,5 +1,6 @@
 """Checkpoints behind one interface: ``pretrained.load(name)``, ``pretrained.available()``."""
 from .registry import Checkpoint, available, entry, load, register_checkpoint
 from . import analytic  # noqa: F401  (registers gmm-2d, gmm-16d)
+from . import digits  # noqa: F401  (registers digits)
 
 __all__ = ["Checkpoint", "available", "entry", "load", "register_checkpoint"]

@@ -1,4 +1,4 @@
-"""FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) of samples against a checkpoint's real images, via torch-fidelity.
+"""FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) against a checkpoint's real images, via torch-fidelity.
 
 Digits use the shipped classifier's 64-d pre-ReLU features (extractor "digits-classifier"); RGB
 checkpoints use torch-fidelity's "inception-v3-compat", whose weights can be given by path or by the
@@ -7,18 +7,18 @@ torch-fidelity under a name made of everything that determines them.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 import torch_fidelity
+from threadpoolctl import threadpool_limits
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from pretrained.digits import FID_EXTRACTOR, load_feature_net
-from pretrained.weights import WEIGHTS_ROOT, read_manifest
+from pretrained.weights import WEIGHTS_ROOT, file_sha256, read_manifest
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_LAYER = "2048"
@@ -82,30 +82,23 @@ class Uint8Images(Dataset):
         return self.images[i]
 
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def inception_weights(path=None) -> str | None:
     """The Inception weights file to use: ``path``, else $SAMPLERBENCH_INCEPTION_WEIGHTS, else torch-fidelity's
     download (None), which is checked to be reachable; raises FileNotFoundError saying how to provide them."""
     path = path or os.environ.get(INCEPTION_ENV)
     how = (f"download {INCEPTION_FILE} from https://github.com/toshas/torch-fidelity/releases (v0.2.0) on a machine "
-           f"with internet and pass its path as inception_weights=... or set {INCEPTION_ENV}=/path/to/{INCEPTION_FILE}")
+           f"with internet and pass its path as inception_weights_path=... or set {INCEPTION_ENV}=/path/to/{INCEPTION_FILE}")
     if path is not None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"Inception weights not found at {path}: {how}")
         return str(path)
     if (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE).is_file():
-        return None
+        return None  # torch-fidelity finds it in torch.hub's cache
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+    target = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     try:
-        torch.hub.download_url_to_file(URL_INCEPTION_V3, str(Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE),
-                                       progress=False)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(URL_INCEPTION_V3, str(target), progress=False)
     except Exception as e:  # no network, proxy, HTTP error: all mean the same to the user
         raise FileNotFoundError(f"Inception weights are not cached and could not be downloaded ({e}): {how}") from e
     return None
@@ -119,7 +112,7 @@ def _extractor_setup(checkpoint, inception_weights_path):
         return name, DIGITS_LAYER, str(DIGITS_WEIGHTS), manifest["weights_sha256"][:16], manifest["kid_gamma"]
     if name == INCEPTION:
         path = inception_weights(inception_weights_path)
-        return name, INCEPTION_LAYER, path, (_sha256(path)[:16] if path else "torch-fidelity-url"), None
+        return name, INCEPTION_LAYER, path, (file_sha256(path)[:16] if path else "torch-fidelity-url"), None
     raise ValueError(f"checkpoint {checkpoint.name!r} names an unknown FID extractor {name!r}; "
                      f"allowed: {[FID_EXTRACTOR, INCEPTION]}")
 
@@ -147,13 +140,15 @@ def fid_kid(samples: torch.Tensor, checkpoint, *, inception_weights_path=None, c
     ref_key, n_ref = checkpoint.extras["fid_reference"]
     rgb = name == INCEPTION
     reference = _images(checkpoint.real_data(n_ref, 0), rgb)
-    out = torch_fidelity.calculate_metrics(
-        input1=Uint8Images(_images(samples, rgb)), input2=Uint8Images(reference),
-        input2_cache_name=f"{ref_key}-n{n_ref}-{name}-{weights_key}-{layer}",
-        cache_root=cache_root or os.environ.get(CACHE_ENV), cache=True,
-        cuda=torch.cuda.is_available(), save_cpu_ram=True, batch_size=batch_size, verbose=False,
-        fid=True, kid=True, feature_extractor=name, feature_layer_fid=layer, feature_layer_kid=layer,
-        feature_extractor_weights_path=weights, kid_subsets=kid_subsets, kid_kernel_poly_gamma=gamma,
-        kid_subset_size=min(len(samples), len(reference), 2 * KID_MAX_SUBSET) // 2)
+    # One BLAS thread: on shared cores OpenBLAS's spinning threads make KID's 100 small matmuls ~20x slower.
+    with threadpool_limits(1, "blas"):
+        out = torch_fidelity.calculate_metrics(
+            input1=Uint8Images(_images(samples, rgb)), input2=Uint8Images(reference),
+            input2_cache_name=f"{ref_key}-n{n_ref}-{name}-{weights_key}-{layer}",
+            cache_root=cache_root or os.environ.get(CACHE_ENV), cache=True,
+            cuda=torch.cuda.is_available(), save_cpu_ram=True, batch_size=batch_size, verbose=False,
+            fid=True, kid=True, feature_extractor=name, feature_layer_fid=layer, feature_layer_kid=layer,
+            feature_extractor_weights_path=weights, kid_subsets=kid_subsets, kid_kernel_poly_gamma=gamma,
+            kid_subset_size=min(len(samples), len(reference), 2 * KID_MAX_SUBSET) // 2)
     return {"fid": out["frechet_inception_distance"], "kid": out["kernel_inception_distance_mean"],
             "kid_std": out["kernel_inception_distance_std"]}

@@ -1,0 +1,1 @@
+"""Training recipes for the shipped checkpoints: ``python -m pretrained.train {digits,features}``."""

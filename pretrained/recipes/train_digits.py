@@ -1,0 +1,163 @@
+"""Train the digits UNet: eps-prediction denoising (Ho et al. 2020) on the VP linear SDE (Song et al. 2021).
+
+Continuous t ~ U[T_MIN, 1], Adam with linear warm-up, gradient clipping, EMA weights (with warm-up). Resumable: the
+training state is saved to the work directory every ``--ckpt-every`` steps. Every ``--eval-every`` steps
+the EMA model is scored by a quick FID (DDIM 20 steps, fixed x_T, classifier features vs the
+"reference" split); training stops when that FID has not improved for ``--patience`` evaluations, and
+the EMA weights of the best evaluation are shipped.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+import samplers
+from samplers.schedules import VPLinear
+
+from ..data import digits_split, split_sha256
+from ..digits import DATA_SHAPE, as_model, load_feature_net
+from ..nets import UNet
+from ..weights import WEIGHTS_ROOT, save_weights
+
+T_MIN = 1e-3
+EVAL_SEED = 1234
+OUT = WEIGHTS_ROOT / "digits"
+log = logging.getLogger("train_digits")
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> 8-bit levels -> [-1, 1], as the FID pipeline sees images."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
+def quick_fid(net: UNet, feat_net, ref_stats, x_T: torch.Tensor, nfe: int) -> float:
+    x0 = samplers.get("ddim").sample(as_model(net), x_T, nfe).float()
+    with torch.no_grad():
+        f = feat_net.features(quantize(x0)).double()
+    out = fid_statistics_to_metric(fid_features_to_statistics(f), ref_stats, verbose=False)
+    return out["frechet_inception_distance"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--workdir", default=str(Path.home() / ".cache" / "samplerbench" / "train_digits"),
+                   help="training state, log and best EMA weights (not shipped)")
+    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--max-steps", type=int, default=6000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=600)
+    p.add_argument("--eval-samples", type=int, default=1000)
+    p.add_argument("--eval-nfe", type=int, default=20)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=work / "train.log", level=logging.INFO, format="%(asctime)s %(message)s")
+
+    sch = VPLinear()
+    x_data, _ = digits_split("train")
+    feat_net, feat_manifest = load_feature_net()
+    with torch.no_grad():
+        ref_stats = fid_features_to_statistics(feat_net.features(digits_split("reference")[0]).double())
+    x_T = samplers.initial_noise(EVAL_SEED, range(a.eval_samples), DATA_SHAPE)
+
+    torch.manual_seed(a.seed)
+    net, ema = UNet(), UNet()
+    ema.load_state_dict(net.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=a.lr)
+    state = {"step": 0, "curve": [], "best_fid": float("inf"), "best_step": 0, "elapsed": 0.0, "loss_sum": 0.0,
+             "loss_n": 0, "stale": 0}
+    state_path = work / "state.pt"
+    if state_path.exists():
+        ck = torch.load(state_path, weights_only=True)
+        net.load_state_dict(ck["net"]), ema.load_state_dict(ck["ema"]), opt.load_state_dict(ck["opt"])
+        state = ck["state"]
+        log.info("resumed at step %d", state["step"])
+
+    t0 = time.time() - state["elapsed"]
+    while state["step"] < a.max_steps and state["stale"] < a.patience:
+        step = state["step"]
+        g = torch.Generator().manual_seed(a.seed * 1_000_003 + step)  # batch depends on the step only: resumable
+        x0 = x_data[torch.randint(len(x_data), (a.batch,), generator=g)]
+        t = T_MIN + (1 - T_MIN) * torch.rand(a.batch, generator=g, dtype=torch.float64)
+        eps = torch.randn(x0.shape, generator=g)
+        # x_t = alpha_t x0 + sigma_t eps; loss = |eps_theta(x_t, t) - eps|^2.
+        a_t, s_t = sch.alpha(t).float()[:, None, None, None], sch.sigma(t).float()[:, None, None, None]
+        loss = ((net(a_t * x0 + s_t * eps, t.float()) - eps) ** 2).mean()
+        for group in opt.param_groups:
+            group["lr"] = a.lr * min(1.0, (step + 1) / a.warmup)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), a.clip)
+        opt.step()
+        # EMA with warm-up: decay min(ema, (1 + k) / (10 + k)), so the random init is forgotten early.
+        decay = min(a.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pn in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(pn, 1 - decay)
+        state["step"] = step = step + 1
+        state["loss_sum"] += loss.item()
+        state["loss_n"] += 1
+
+        if step % a.eval_every == 0 or step == a.max_steps:
+            fid = quick_fid(ema, feat_net, ref_stats, x_T, a.eval_nfe)
+            loss_avg = state["loss_sum"] / state["loss_n"]
+            state["loss_sum"], state["loss_n"] = 0.0, 0
+            state["curve"].append([step, loss_avg, fid, round(time.time() - t0, 1)])
+            if fid < state["best_fid"]:
+                state["best_fid"], state["best_step"], state["stale"] = fid, step, 0
+                save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(work / "best_ema.safetensors"))
+            else:
+                state["stale"] += 1
+            log.info("step %d loss %.4f fid %.3f (best %.3f at %d) %.0fs", step, loss_avg, fid, state["best_fid"],
+                     state["best_step"], time.time() - t0)
+        if step % a.ckpt_every == 0:
+            state["elapsed"] = time.time() - t0
+            torch.save({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "state": state},
+                       work / "state.tmp")
+            (work / "state.tmp").replace(state_path)
+            log.info("step %d loss %.4f saved", step, loss.item())
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "training_curve.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "train_loss", "fid_ddim20_1000", "elapsed_s"])
+        w.writerows(state["curve"])
+    best = state["best_step"]
+    manifest = save_weights(out, load_file(str(work / "best_ema.safetensors")), {
+        "name": "digits", "architecture": {"class": "pretrained.nets.UNet", "config": UNet().config,
+                                           "params": sum(p.numel() for p in net.parameters())},
+        "schedule": sch.config(), "prediction": "eps", "time_input": "continuous", "t_range": [T_MIN, 1.0],
+        "data": "sklearn load_digits, (1, 8, 8) in [-1, 1], split 'train'", "split_sha256": split_sha256(),
+        "training": {"steps": best, "steps_run": state["step"], "batch": a.batch, "lr": a.lr, "warmup": a.warmup,
+                     "ema": a.ema, "ema_warmup": "min(ema, (1 + k) / (10 + k))", "clip": a.clip,
+                     "seed": a.seed, "threads": 1,
+                     "final_loss": next(c[1] for c in state["curve"] if c[0] == best),
+                     "seconds": state["curve"][-1][3], "recipe": "python -m pretrained.train digits"},
+        "fid_curve": {"protocol": f"EMA weights, DDIM {a.eval_nfe} steps, {a.eval_samples} samples (seed {EVAL_SEED}), "
+                                  "classifier features vs the 300 'reference' images",
+                      "best_fid": state["best_fid"], "best_step": best,
+                      "curve": [[c[0], round(c[2], 3)] for c in state["curve"]]},
+        "feature_net_sha256": feat_manifest["weights_sha256"]})
+    log.info("shipped EMA weights of step %d (quick FID %.3f) to %s", best, state["best_fid"], out)
+    print(f"shipped step {best}, quick FID {state['best_fid']:.3f}, sha256 {manifest['weights_sha256'][:12]}")
+
+
+if __name__ == "__main__":
+    main()

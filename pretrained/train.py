@@ -1,0 +1,18 @@
+"""Entry point of the training recipes: ``python -m pretrained.train {digits,features} [options]``."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+RECIPES = {"digits": "train_digits", "features": "train_features"}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in RECIPES:
+        raise SystemExit(f"usage: python -m pretrained.train {{{','.join(RECIPES)}}} [options]")
+    importlib.import_module(f".recipes.{RECIPES[argv[0]]}", __package__).main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
