@@ -5,9 +5,9 @@ import argparse
 import sys
 import textwrap
 
-DEFAULT_CHECKPOINT = "gmm-16d"
+DEFAULT_CHECKPOINT = "digits"
 DEFAULT_NFE = (5, 10, 20)
-DEFAULT_N_SAMPLES = 1000
+DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_RESULTS = "results"
 DEFAULT_REPORTS = "reports"
 
@@ -23,7 +23,9 @@ def _cmd_run(args) -> int:
         torch.set_num_threads(args.threads)
     for ck in args.checkpoint:
         pretrained.entry(ck)  # unknown names raise before anything runs
-    cells = make_cells(args.checkpoint, resolve_samplers(args.sampler), args.nfe, args.seeds, args.n_samples)
+    sampler_objs = resolve_samplers(args.sampler)
+    cells = [c for ck in args.checkpoint for c in make_cells(
+        [ck], sampler_objs, args.nfe, args.seeds, args.n_samples or pretrained.entry(ck).default_n_samples)]
     counts = run_sweep(cells, args.results, batch_size=args.batch_size, progress=not args.quiet)
     if not dist.is_main():
         return 0
@@ -51,7 +53,8 @@ def _cmd_list(args) -> int:
     print("checkpoints:")
     for name in pretrained.available():
         e = pretrained.entry(name)
-        print(f"    {name:12s} shape={e.data_shape} schedule={e.schedule} prediction={e.prediction}: {e.description}")
+        print(f"    {name:12s} shape={e.data_shape} schedule={e.schedule} prediction={e.prediction} "
+              f"n_samples={e.default_n_samples}: {e.description}")
     return 0
 
 
@@ -93,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"checkpoints (default: {DEFAULT_CHECKPOINT}); see `bench list`")
     r.add_argument("--sampler", nargs="+", default=None, metavar="SPEC",
                    help="NAME[,key=value...], NAME may be a glob such as 'diffusers:*' (default: the default sweep)")
-    r.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
-    r.add_argument("--n-samples", type=int, default=DEFAULT_N_SAMPLES, help="samples per cell (default: %(default)s)")
+    r.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
+                   help="seeds (default: %(default)s); paired across samplers")
+    r.add_argument("--n-samples", type=int, default=None,
+                   help="samples per cell (default: the checkpoint's, see `bench list`)")
     r.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="samples per model call (default: %(default)s)")
     r.add_argument("--results", default=DEFAULT_RESULTS, help="results folder (default: %(default)s)")
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")

@@ -15,6 +15,8 @@ LOG_METRICS = {"solver_error_median", "solver_error_mean", "frechet", "fid", "ki
 TABLE_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "nll_bpd")
 PLOT_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "nll_bpd", "wall_clock_s")
 STATUS_MARK = {"unsupported": "n/a", "diverged": "div.", "error": "err"}
+PAIRED_BASELINE = "ddim"  # paired differences are taken against this sampler, seed by seed
+RESOLVED_SE = 2.0         # a paired mean difference beyond 2 standard errors counts as resolved
 
 
 def sampler_labels(df: pd.DataFrame) -> pd.Series:
@@ -62,6 +64,74 @@ def metric_table(df: pd.DataFrame, metric: str) -> tuple[list[str], list[int], l
         if np.isfinite(col).any():
             bold[j] = int(np.nanargmin(col) if lower_better else np.nanargmax(col))
     return labels, nfes, cells, bold
+
+
+def paired_table(df: pd.DataFrame, metric: str, baseline: str = PAIRED_BASELINE):
+    """Per sampler and NFE: mean over seeds of (metric - baseline's metric on the same seed and x_T) +- SE.
+
+    Returns None without the baseline or with fewer than two seeds. A difference is marked resolved
+    when it exceeds RESOLVED_SE standard errors.
+    """
+    ok = df[(df["status"] == "ok") & df["nfe"].notna()]
+    base = ok[ok["label"] == baseline].set_index(["nfe", "seed"])[metric]
+    if base.empty or ok["seed"].nunique() < 2:
+        return None
+    nfes = sorted(int(n) for n in ok["nfe"].unique())
+    labels = sorted(l for l in ok["label"].unique() if l != baseline)
+    cells, means = [], np.full((len(labels), len(nfes)), np.nan)
+    for i, lab in enumerate(labels):
+        row = []
+        for j, nfe in enumerate(nfes):
+            mine = ok[(ok["label"] == lab) & (ok["nfe"] == nfe)].set_index("seed")[metric]
+            paired = [(mine[s] - base[(nfe, s)]) for s in mine.index if (nfe, s) in base.index]
+            if len(paired) < 2:
+                row.append("")
+                continue
+            diff = np.asarray(paired, dtype=float)
+            mean, se = diff.mean(), diff.std(ddof=1) / np.sqrt(len(diff))
+            means[i, j] = mean
+            row.append(f"{mean:+.3g} ± {se:.2g}" + (" ✓" if abs(mean) > RESOLVED_SE * se else ""))
+        cells.append(row)
+    bold = {j: int(np.nanargmin(means[:, j]) if METRICS.get(metric, True) else np.nanargmax(means[:, j]))
+            for j in range(len(nfes)) if np.isfinite(means[:, j]).any()}
+    return labels, nfes, cells, bold
+
+
+def sample_grid(df: pd.DataFrame, store: ResultsStore, path: Path, per_cell: int = 16) -> bool:
+    """A PNG of kept samples (seed = the smallest), rows samplers, columns NFE; image checkpoints only."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = df[(df["status"] == "ok") & df["nfe"].notna() & (df["seed"] == df["seed"].min())]
+    labels, nfes = sorted(ok["label"].unique()), sorted(int(n) for n in ok["nfe"].unique())
+    tiles = {}
+    for r in ok.itertuples():
+        x = store.load_samples(r.cell_id)
+        if x is not None and x.ndim == 4:
+            k = int(np.sqrt(min(per_cell, len(x))))
+            x = x[: k * k, 0]  # first channel
+            h, w = x.shape[1:]
+            tiles[(r.label, int(r.nfe))] = x.reshape(k, k, h, w).transpose(0, 2, 1, 3).reshape(k * h, k * w)
+    if not tiles:
+        return False
+    fig, axes = plt.subplots(len(labels), len(nfes), figsize=(1.6 * len(nfes) + 1.5, 1.6 * len(labels)),
+                             squeeze=False)
+    for i, lab in enumerate(labels):
+        for j, nfe in enumerate(nfes):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if (lab, nfe) in tiles:
+                ax.imshow(np.clip(tiles[(lab, nfe)], -1, 1), cmap="gray", vmin=-1, vmax=1)
+            if i == 0:
+                ax.set_title(f"NFE {nfe}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(lab, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def to_markdown(labels, nfes, cells, bold, metric) -> str:
@@ -125,7 +195,8 @@ def plot_metrics(df: pd.DataFrame, metrics: list[str], title: str, path: Path):
 
 def write_report(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Write plots and tables for every checkpoint in the results; returns the files written."""
-    df = ResultsStore(results_dir).read()
+    store = ResultsStore(results_dir)
+    df = store.read()
     if df.empty:
         raise ValueError(f"no results in {results_dir}; run `python -m bench run` first")
     out_dir, written = Path(out_dir), []
@@ -148,6 +219,17 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
                 path.write_text(fmt(*table, metric))
                 written.append(path)
             parts.append(f"## {metric} ({'lower' if METRICS[metric] else 'higher'} is better)\n\n" + to_markdown(*table, metric))
+        primary = next((m for m in ("fid", "solver_error_median") if m in present), None)
+        paired = paired_table(d, primary) if primary else None
+        if paired is not None:
+            (folder / f"{primary}_paired.md").write_text(to_markdown(*paired, primary))
+            written.append(folder / f"{primary}_paired.md")
+            parts.append(f"## {primary}: paired difference to {PAIRED_BASELINE} (same seed, same x_T)\n\n"
+                         f"Mean over seeds ± standard error; ✓ = resolved (beyond {RESOLVED_SE:g} SE).\n\n"
+                         + to_markdown(*paired, primary))
+        if sample_grid(d, store, folder / "samples.png"):
+            written.append(folder / "samples.png")
+            parts.append("## Samples (first seed; rows samplers, columns NFE)\n\n![samples](samples.png)\n")
         bad = d[d["status"] != "ok"]
         if len(bad):
             parts.append("## Cells that did not finish ok\n\n| sampler | NFE | seed | status | reason |\n|---|---|---|---|---|\n"

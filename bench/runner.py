@@ -29,6 +29,7 @@ from .store import ResultsStore
 
 DIVERGED_ABS = 1e2  # |x| beyond this (data lives in about [-3, 3]) marks a cell diverged
 DEFAULT_BATCH = 1000
+KEEP_SAMPLES = 16  # samples of each cell kept for the report's image grids
 
 
 class ReferenceCache:
@@ -39,7 +40,7 @@ class ReferenceCache:
         self._mem: dict[str, torch.Tensor] = {}
 
     def get(self, ck, seed: int, n: int, t_end: float, x_T: torch.Tensor) -> torch.Tensor:
-        key_src = json.dumps({"checkpoint": ck.name, "weights": ck.extras.get("sha256", ""), "seed": seed, "n": n,
+        key_src = json.dumps({"checkpoint": ck.name, "weights": ck.fingerprint, "seed": seed, "n": n,
                               "t_end": t_end, "shape": list(x_T.shape), "exact": ck.reference_exact})
         key = hashlib.sha1(key_src.encode()).hexdigest()[:20]
         if key in self._mem:
@@ -88,9 +89,9 @@ def generate_shard(ck, cell: Cell, x_T: torch.Tensor, batch_size: int) -> dict:
 
 
 def cell_metrics(ck, samples: torch.Tensor, reference: torch.Tensor) -> dict:
-    """Every metric the checkpoint supports for these samples."""
-    out = solver_error(samples, reference)
-    out["reference_exact"] = ck.reference_exact
+    """Every metric the checkpoint supports; solver error on the first len(reference) samples."""
+    out = solver_error(samples[: len(reference)], reference)
+    out.update(reference_exact=ck.reference_exact, reference_n=len(reference))
     if ck.moments is not None:
         out["frechet"] = frechet_to_moments(samples, *ck.moments)
     if ck.log_prob is not None:
@@ -101,8 +102,12 @@ def cell_metrics(ck, samples: torch.Tensor, reference: torch.Tensor) -> dict:
     return out
 
 
-def run_cell(ck, cell: Cell, x_T: torch.Tensor, refs: ReferenceCache, batch_size: int) -> dict | None:
-    """One row (on rank 0; None elsewhere): key, status, timing, metrics. Failures are rows, not exceptions."""
+def run_cell(ck, cell: Cell, x_T: torch.Tensor, refs: ReferenceCache, batch_size: int,
+             store: ResultsStore | None = None) -> dict | None:
+    """One row (on rank 0; None elsewhere): key, status, timing, metrics. Failures are rows, not exceptions.
+
+    With a ``store``, the first KEEP_SAMPLES samples of a finished cell are kept beside the results.
+    """
     row = {**cell.key, "cell_id": cell.cell_id, "grid": cell.sampler.options.get("grid"),
            "batch_size": batch_size, "status": "ok"}
     try:
@@ -124,9 +129,12 @@ def run_cell(ck, cell: Cell, x_T: torch.Tensor, refs: ReferenceCache, batch_size
     if not torch.isfinite(samples).all() or max_abs > DIVERGED_ABS:
         return row | {"status": "diverged",
                       "error": f"samples non-finite or |x| > {DIVERGED_ABS:g} (max |x| = {max_abs:.3g})"}
+    if store is not None:
+        store.save_samples(cell.cell_id, samples[:KEEP_SAMPLES].numpy())
     try:
         t_end = float(cell.sampler.options.get("t_end", T_END))
-        row.update(cell_metrics(ck, samples, refs.get(ck, cell.seed, cell.n_samples, t_end, x_T)))
+        k = min(cell.n_samples, ck.reference_samples or cell.n_samples)
+        row.update(cell_metrics(ck, samples, refs.get(ck, cell.seed, k, t_end, x_T[:k])))
     except Exception as exc:  # noqa: BLE001 -- a failed metric is the cell's error row (STYLE principle 8)
         row.update(status="error", error=f"{type(exc).__name__}: {exc}")
     return row
@@ -152,7 +160,7 @@ def run_sweep(cells: list[Cell], results_dir: str | Path, *, batch_size: int = D
                 x_T_key = (cell.checkpoint, cell.seed, cell.n_samples)
                 x_T = initial_noise(cell.seed, range(cell.n_samples), ck.data_shape)
             bar.set_postfix_str(f"{cell.checkpoint} {cell.sampler.name} nfe={cell.nfe} seed={cell.seed}")
-            row = run_cell(ck, cell, x_T, refs, batch_size)
+            row = run_cell(ck, cell, x_T, refs, batch_size, store)
             if row is not None:
                 row.update(run, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
                 store.append([row])

@@ -25,6 +25,7 @@ COLUMNS: dict[str, str] = {
     "solver_error_mean": "float64",  # L2 distance to the exact / reference ODE solution from the same x_T
     "solver_error_median": "float64",
     "reference_exact": "boolean",
+    "reference_n": "Int64",          # samples the solver error is measured on (the first ones of the cell)
     "frechet": "float64",            # Frechet distance of sample moments to the true data moments
     "loglik": "float64",             # mean log p_0(sample) under the true density
     "fid": "float64",

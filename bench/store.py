@@ -11,11 +11,13 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .schema import COLUMNS, RETRY_STATUSES, conform
 
 RESULTS_FILE = "results.parquet"
+SAMPLES_DIR = "samples"    # the first few samples of each finished cell, for the report's image grids
 
 
 class ResultsStore:
@@ -64,6 +66,18 @@ class ResultsStore:
             frames = [f for f in (old, new) if not f.empty]
             self._write(conform(pd.concat(frames, ignore_index=True)))
             return len(new)
+
+    def save_samples(self, cell_id: str, samples) -> None:
+        """Keep a few samples of a cell (float32 .npy, written atomically)."""
+        folder = self.dir / SAMPLES_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{cell_id}.{os.getpid()}.npy"
+        np.save(tmp, np.asarray(samples, dtype=np.float32))
+        os.replace(tmp, folder / f"{cell_id}.npy")
+
+    def load_samples(self, cell_id: str):
+        path = self.dir / SAMPLES_DIR / f"{cell_id}.npy"
+        return np.load(path, allow_pickle=False) if path.exists() else None
 
     def _write(self, df: pd.DataFrame):
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")

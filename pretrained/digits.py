@@ -15,6 +15,8 @@ from .weights import WEIGHTS_ROOT, load_weights
 DATA_SHAPE = (1, 8, 8)
 FID_EXTRACTOR = "digits-classifier"
 ORACLE_STEPS = 500  # Heun steps of the reference solution (1000 NFE)
+REFERENCE_SAMPLES = 200  # solver error on the first 200 samples of a cell: the reference costs 1000 NFE each
+DEFAULT_N_SAMPLES = 500  # samples per cell of `bench run` (FID against the 300 reference images)
 
 
 def as_model(net: UNet, name: str = "digits") -> DiffusionModel:
@@ -62,11 +64,13 @@ def ode_solution(net: UNet, x_T: torch.Tensor, t_end: float) -> torch.Tensor:
 
 
 @register_checkpoint("digits", data_shape=DATA_SHAPE, schedule="vp_linear", prediction="eps",
-                     description="small UNet trained on scikit-learn 8x8 digits (FID with a digits classifier)")
+                     description="small UNet trained on scikit-learn 8x8 digits (FID with a digits classifier)",
+                     default_n_samples=DEFAULT_N_SAMPLES)
 def digits() -> Checkpoint:
     net, manifest = load_unet()
     return Checkpoint(name="digits", model=as_model(net), description="UNet (0.5M params) on 8x8 digits",
                       reference_solution=lambda x_T, t_end: ode_solution(net, x_T, t_end),
-                      real_data=real_data, reference_exact=False,
+                      real_data=real_data, reference_exact=False, reference_samples=REFERENCE_SAMPLES,
+                      fingerprint=manifest["weights_sha256"],
                       extras={"fid": FID_EXTRACTOR, "fid_reference": (f"digits-reference-{split_sha256()[:16]}", 300),
                               "net": net, "manifest": manifest})

@@ -16,6 +16,7 @@ from samplers.model import DiffusionModel
 from samplers.schedules import VPDiscrete
 
 from .reference import reference_ode_solution
+from .weights import file_sha256
 from .registry import Checkpoint
 
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
@@ -86,4 +87,5 @@ def load_diffusers(path_or_hub_id: str, *, local_files_only: bool | None = None)
     return Checkpoint(name=name, model=model, description=f"diffusers UNet2DModel from {path_or_hub_id}",
                       reference_solution=lambda x_T, t_end: reference_ode_solution(model, x_T, t_end),
                       real_data=no_real_data, reference_exact=False,
+                      fingerprint=file_sha256(next((folder / (subfolder or "")).glob("*.safetensors"))),
                       extras={"folder": str(folder), "scheduler_config": config, "learned_variance": learned_variance})

@@ -25,6 +25,9 @@ class Checkpoint:
         log_prob: exact log p_0(x) where the density is known (analytic mixtures), else None.
         moments: exact (mean, covariance) of the data where known, else None.
         reference_exact: True when ``reference_solution`` is exact rather than a fine solver.
+        reference_samples: solver error uses the first this many samples (None: all), where the
+            reference solution is expensive (a network solved with 1000 NFE).
+        fingerprint: what identifies the weights (their sha256); part of every cache key.
     """
 
     name: str
@@ -35,6 +38,8 @@ class Checkpoint:
     log_prob: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     moments: Optional[tuple] = None
     reference_exact: bool = False
+    reference_samples: Optional[int] = None
+    fingerprint: str = ""
     extras: dict = field(default_factory=dict)
 
     @property
@@ -50,17 +55,20 @@ class CheckpointEntry:
     schedule: str
     prediction: str
     description: str
+    default_n_samples: int
 
 
 _REGISTRY: dict[str, CheckpointEntry] = {}
 
 
-def register_checkpoint(name: str, *, data_shape: tuple, schedule: str, prediction: str, description: str):
+def register_checkpoint(name: str, *, data_shape: tuple, schedule: str, prediction: str, description: str,
+                        default_n_samples: int = 1000):
     """Decorator registering a zero-argument loader under ``name`` (duplicates raise)."""
     def deco(loader):
         if name in _REGISTRY:
             raise ValueError(f"checkpoint {name!r} is already registered")
-        _REGISTRY[name] = CheckpointEntry(name, loader, tuple(data_shape), schedule, prediction, description)
+        _REGISTRY[name] = CheckpointEntry(name, loader, tuple(data_shape), schedule, prediction, description,
+                                         default_n_samples)
         return loader
     return deco
 

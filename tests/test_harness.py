@@ -15,7 +15,7 @@ from bench.grid import make_cells, parse_sampler_spec, resolve_samplers
 from bench.store import ResultsStore
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--checkpoint", "gmm-2d", "--n-samples", "64", "--quiet"]
+TINY = ["--checkpoint", "gmm-2d", "--n-samples", "64", "--quiet", "--seeds", "0"]
 
 
 def _run(tmp, *args):
@@ -173,7 +173,8 @@ def test_list_shows_samplers_grids_checkpoints():
 
 
 def test_torchrun_sharding_gives_the_single_process_numbers(tmp_path):
-    args = ["run", *TINY[:2], "--n-samples", "21", "--quiet", "--nfe", "4", "--sampler", "ddim", "ddpm", "heun"]
+    args = ["run", *TINY[:2], "--n-samples", "21", "--quiet", "--seeds", "0", "--nfe", "4", "--sampler", "ddim", "ddpm",
+            "heun"]
     single = _cli(*args, "--results", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
