@@ -186,3 +186,22 @@ def test_torchrun_sharding_gives_the_single_process_numbers(tmp_path):
     assert list(b["world_size"].unique()) == [2] and len(b) == 3
     for col in ("solver_error_mean", "frechet", "loglik", "nfe_counted"):
         assert a[col].to_numpy() == pytest.approx(b[col].to_numpy(), rel=1e-12)
+
+
+def test_solver_error_on_a_reference_subset(tmp_path):
+    import dataclasses
+
+    import pretrained
+    import samplers
+    from bench.grid import Cell
+    from bench.runner import ReferenceCache, run_cell
+
+    ck = dataclasses.replace(pretrained.load("gmm-2d"), reference_samples=5)
+    cell = Cell("gmm-2d", samplers.get("ddim"), 6, 0, 12)
+    x_T = samplers.initial_noise(0, range(12), (2,))
+    row = run_cell(ck, cell, x_T, ReferenceCache(None), batch_size=12, store=ResultsStore(tmp_path))
+    assert row["status"] == "ok" and row["reference_n"] == 5
+    out = samplers.get("ddim").sample(ck.model, x_T, 6)
+    err = (out[:5] - ck.reference_solution(x_T[:5], samplers.T_END)).norm(dim=1)
+    assert row["solver_error_mean"] == pytest.approx(float(err.mean()), rel=1e-9)
+    assert ResultsStore(tmp_path).load_samples(cell.cell_id).shape == (12, 2)
