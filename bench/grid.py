@@ -34,17 +34,21 @@ def parse_sampler_spec(spec: str) -> list[tuple[str, dict]]:
 
 
 def resolve_samplers(specs: Sequence[str] | None) -> list[Sampler]:
-    """Sampler objects for CLI specs; None means the registry's default sweep."""
+    """Sampler objects for CLI specs; None means the registry's default sweep.
+
+    One algorithm with one configuration runs once: where a base name and a preset give the same
+    function and options (``dpm_solver`` and ``dpm_solver_fast``), the preset's name is kept.
+    """
     if not specs:
         return [samplers.get(n) for n in samplers.available(default_sweep_only=True)]
-    out, seen = [], set()
+    out: dict[tuple, Sampler] = {}
     for spec in specs:
         for name, options in parse_sampler_spec(spec):
             s = samplers.get(name, **options)
-            if (s.name, s.config_json()) not in seen:
-                seen.add((s.name, s.config_json()))
-                out.append(s)
-    return out
+            key = (s.spec.fn, s.config_json())
+            if key not in out or (out[key].spec.base is None and s.spec.base is not None):
+                out[key] = s
+    return list(out.values())
 
 
 @dataclass(frozen=True)

@@ -164,16 +164,19 @@ def plot_metrics(df: pd.DataFrame, metrics: list[str], title: str, path: Path):
     nrow = math.ceil(len(metrics) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow), squeeze=False)
     ok = df[df["status"] == "ok"]
+    colors, styles = plt.cm.tab20.colors, ("-", "--", ":")
     for ax, metric in zip(axes.flat, metrics):
-        for lab, g in ok.groupby("label"):
+        for k, (lab, g) in enumerate(ok.groupby("label")):
+            look = {"color": colors[k % 20], "linestyle": styles[k // 20 % 3]}
             fixed = g[g["nfe"].notna()]
             if len(fixed):
                 agg = fixed.groupby("nfe")[metric].agg(["mean", "std"]).dropna(subset=["mean"])
                 ax.errorbar(agg.index.astype(float), agg["mean"], yerr=agg["std"].fillna(0), marker="o", ms=3,
-                            capsize=2, label=lab)
+                            capsize=2, label=lab, **look)
             adaptive = g[g["nfe"].isna()]
             if len(adaptive):
-                ax.scatter(adaptive["nfe_counted"], adaptive[metric], marker="*", s=60, label=f"{lab} (adaptive)")
+                ax.scatter(adaptive["nfe_counted"], adaptive[metric], marker="*", s=60, label=f"{lab} (adaptive)",
+                           color=look["color"])
         ax.set_xscale("log")
         nfes = sorted(float(n) for n in df["nfe"].dropna().unique())
         ax.set_xticks(nfes, [f"{n:g}" for n in nfes])

@@ -125,6 +125,8 @@ def test_sampler_specs_parse_options_and_globs():
         parse_sampler_spec("zz*")
     cells = make_cells(["gmm-2d"], resolve_samplers(["ddim", "ddim,eta=0"]), [5, 5, 10], [0], 8)
     assert len(cells) == 2  # duplicate specs and budgets collapse
+    names = [s.name for s in resolve_samplers(["dpm_solver", "dpm_solver_fast", "ddim", "ddpm", "ddim,eta=1.0"])]
+    assert names == ["dpm_solver_fast", "ddim", "ddpm"]  # one algorithm + config runs once, under its preset name
 
 
 def test_report_writes_plot_and_tables(tmp_path):
