@@ -16,7 +16,7 @@ TABLE_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "nll_
 PLOT_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "nll_bpd", "wall_clock_s")
 STATUS_MARK = {"unsupported": "n/a", "diverged": "div.", "error": "err"}
 PAIRED_BASELINE = "ddim"  # paired differences are taken against this sampler, seed by seed
-RESOLVED_SE = 2.0         # a paired mean difference beyond 2 standard errors counts as resolved
+RESOLVED_P = 0.05         # a paired difference is resolved when a two-sided paired t-test gives p < 0.05
 
 
 def sampler_labels(df: pd.DataFrame) -> pd.Series:
@@ -52,7 +52,8 @@ def metric_table(df: pd.DataFrame, metric: str) -> tuple[list[str], list[int], l
             ok = sel[sel["status"] == "ok"][metric].dropna()
             if len(ok):
                 means[i, j] = ok.mean()
-                row.append(_fmt(ok.mean()) + (f" ± {_fmt(ok.std())}" if len(ok) > 1 else ""))
+                partial = f" ({len(ok)}/{len(sel)} ok)" if len(ok) < len(sel) else ""
+                row.append(_fmt(ok.mean()) + (f" ± {_fmt(ok.std())}" if len(ok) > 1 else "") + partial)
             elif len(sel):
                 row.append(STATUS_MARK.get(sel["status"].iloc[0], str(sel["status"].iloc[0])))
             else:
@@ -70,8 +71,10 @@ def paired_table(df: pd.DataFrame, metric: str, baseline: str = PAIRED_BASELINE)
     """Per sampler and NFE: mean over seeds of (metric - baseline's metric on the same seed and x_T) +- SE.
 
     Returns None without the baseline or with fewer than two seeds. A difference is marked resolved
-    when it exceeds RESOLVED_SE standard errors.
+    (✓) when a two-sided paired t-test over seeds gives p < RESOLVED_P.
     """
+    from scipy import stats
+
     ok = df[(df["status"] == "ok") & df["nfe"].notna()]
     base = ok[ok["label"] == baseline].set_index(["nfe", "seed"])[metric]
     if base.empty or ok["seed"].nunique() < 2:
@@ -90,7 +93,8 @@ def paired_table(df: pd.DataFrame, metric: str, baseline: str = PAIRED_BASELINE)
             diff = np.asarray(paired, dtype=float)
             mean, se = diff.mean(), diff.std(ddof=1) / np.sqrt(len(diff))
             means[i, j] = mean
-            row.append(f"{mean:+.3g} ± {se:.2g}" + (" ✓" if abs(mean) > RESOLVED_SE * se else ""))
+            resolved = abs(mean) > stats.t.ppf(1 - RESOLVED_P / 2, len(diff) - 1) * se
+            row.append(f"{mean:+.3g} ± {se:.2g}" + (" ✓" if resolved else ""))
         cells.append(row)
     bold = {j: int(np.nanargmin(means[:, j]) if METRICS.get(metric, True) else np.nanargmax(means[:, j]))
             for j in range(len(nfes)) if np.isfinite(means[:, j]).any()}
@@ -228,7 +232,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
             (folder / f"{primary}_paired.md").write_text(to_markdown(*paired, primary))
             written.append(folder / f"{primary}_paired.md")
             parts.append(f"## {primary}: paired difference to {PAIRED_BASELINE} (same seed, same x_T)\n\n"
-                         f"Mean over seeds ± standard error; ✓ = resolved (beyond {RESOLVED_SE:g} SE).\n\n"
+                         f"Mean over seeds ± standard error; ✓ = resolved (paired t-test, p < {RESOLVED_P:g}).\n\n"
                          + to_markdown(*paired, primary))
         if sample_grid(d, store, folder / "samples.png"):
             written.append(folder / "samples.png")

@@ -77,16 +77,21 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+HUB_PREFIX = "hub:"  # "hub:<folder or hub id>" names a diffusers-format checkpoint
+
+
 def entry(name: str) -> CheckpointEntry:
+    """The registered entry; a "hub:" name gets one made on the fly (its facts are known once loaded)."""
+    if name.startswith(HUB_PREFIX):
+        from .hub import load_diffusers
+        return CheckpointEntry(name, lambda: load_diffusers(name[len(HUB_PREFIX):]), (), "vp_discrete", "from config",
+                               f"diffusers-format checkpoint {name[len(HUB_PREFIX):]}", 1000)
     if name not in _REGISTRY:
-        raise ValueError(f"unknown checkpoint {name!r}; allowed: {available()}")
+        raise ValueError(f"unknown checkpoint {name!r}; allowed: {available()} or 'hub:<folder or hub id>'")
     return _REGISTRY[name]
 
 
 @lru_cache(maxsize=None)
 def load(name: str) -> Checkpoint:
     """Load a registered checkpoint, or "hub:<folder or hub id>" for a diffusers UNet (cached per process)."""
-    if name.startswith("hub:"):
-        from .hub import load_diffusers
-        return load_diffusers(name[len("hub:"):])
     return entry(name).loader()

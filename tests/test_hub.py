@@ -80,3 +80,15 @@ def test_pickle_only_folder_is_refused(tmp_path):
     torch.save(unet.state_dict(), tmp_path / "unet" / "diffusion_pytorch_model.bin")
     with pytest.raises(OSError, match="safetensors"):  # no silent fallback to pickle
         load_diffusers(str(tmp_path))
+
+
+def test_bench_run_on_a_hub_folder(tmp_path):
+    from bench.cli import main
+    from bench.store import ResultsStore
+
+    _save(tmp_path / "ckpt")
+    assert main(["run", "--checkpoint", f"hub:{tmp_path / 'ckpt'}", "--nfe", "3", "--sampler", "ddim",
+                 "--n-samples", "4", "--seeds", "0", "--results", str(tmp_path / "r"), "--quiet"]) == 0
+    row = ResultsStore(tmp_path / "r").read().iloc[0]
+    assert row["status"] == "ok" and row["nfe_counted"] == 3 and row["solver_error_median"] > 0
+    assert row["fid"] != row["fid"]  # NaN: no feature network for a bare UNet
