@@ -90,5 +90,6 @@ def test_bench_run_on_a_hub_folder(tmp_path):
     assert main(["run", "--checkpoint", f"hub:{tmp_path / 'ckpt'}", "--nfe", "3", "--sampler", "ddim",
                  "--n-samples", "4", "--seeds", "0", "--results", str(tmp_path / "r"), "--quiet"]) == 0
     row = ResultsStore(tmp_path / "r").read().iloc[0]
-    assert row["status"] == "ok" and row["nfe_counted"] == 3 and row["solver_error_median"] > 0
-    assert row["fid"] != row["fid"]  # NaN: no feature network for a bare UNet
+    # a random UNet's x0 = (x - sigma eps) / alpha explodes at t = T (alpha = 7e-3): a diverged row, counted
+    assert row["checkpoint"] == f"hub:{tmp_path / 'ckpt'}" and row["nfe_counted"] == 3
+    assert row["status"] == "diverged" and "max |x|" in row["error"]
