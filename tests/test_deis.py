@@ -1,6 +1,4 @@
 """DEIS: parity with the official th_deis (qsh-zh/deis), convergence order vs the exact oracle, accounting."""
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,10 +6,11 @@ import torch
 
 import pretrained
 import samplers
+from parity import assert_changes_break_parity, assert_parity, load_fixture
 from samplers.deis import _coefficients
 
 torch.set_num_threads(1)
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "deis_reference.json").read_text())
+FIXTURE = load_fixture("deis_reference.json")
 PRESETS = ["deis"] + [f"deis_{m}{k}" for m in ("tab", "rhoab") for k in (1, 2, 3)]
 STEPS = (16, 27, 45, 76, 128)  # errors stay >= 1e-6, well above the oracle's ~1e-7 floor
 # Measured global orders (median L2 error vs the dopri8 oracle, 64 samples, steps 16..128, time_quadratic):
@@ -24,10 +23,6 @@ def _x_T(n=8, dim=16, seed=0):
     return samplers.initial_noise(seed, range(n), (dim,))
 
 
-def _max_abs(a, b):
-    return float((a - torch.as_tensor(b, dtype=torch.float64)).abs().max())
-
-
 def test_fixture_provenance():
     ref = FIXTURE["reference"]
     assert ref["repo"] == "qsh-zh/deis" and len(ref["commit"]) == 40
@@ -38,24 +33,14 @@ def test_fixture_provenance():
 
 
 def test_parity_with_reference():
-    ck = pretrained.load(FIXTURE["model"])
-    x_T = _x_T()
-    for case in FIXTURE["cases"]:
-        s = samplers.get("deis", **case["options"])
-        with ck.model.counting() as count:
-            out = s.sample(ck.model, x_T, case["nfe"])
-        assert count.n == case["ref_model_calls"] == case["nfe"], case["options"]
-        assert _max_abs(out, case["x"]) <= 1e-6, (case["options"], case["nfe"])
+    assert_parity(FIXTURE, "deis")
 
 
 def test_changed_configuration_does_not_match():
-    ck = pretrained.load(FIXTURE["model"])
     case = next(c for c in FIXTURE["cases"] if c["options"]["order"] == 3 and c["nfe"] == 5
                 and c["options"]["grid"] == "time_quadratic" and c["options"]["method"] == "tab")
     changes = [{"order": 2}, {"method": "rhoab"}, {"grid": "logSNR"}, {"coefficients": "exact"}]
-    for change in changes:
-        out = samplers.get("deis", **{**case["options"], **change}).sample(ck.model, _x_T(), case["nfe"])
-        assert _max_abs(out, case["x"]) > 1e-4, change
+    assert_changes_break_parity(FIXTURE, "deis", case, changes)
 
 
 def test_exact_vs_riemann_coefficients_at_5_steps():

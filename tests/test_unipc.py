@@ -1,6 +1,4 @@
 """UniPC: parity with the official uni_pc.py (wl-zhao/UniPC), convergence order vs the exact oracle, accounting."""
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,9 +6,10 @@ import torch
 
 import pretrained
 import samplers
+from parity import assert_changes_break_parity, assert_parity, load_fixture
 
 torch.set_num_threads(1)
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "unipc_reference.json").read_text())
+FIXTURE = load_fixture("unipc_reference.json")
 PRESETS = ["unipc", "unipc_bh1_3", "unipc_bh2_3", "unipc_bh2_2"]
 STEPS = (16, 27, 45, 76, 128)  # errors stay >= 1e-6, well above the oracle's ~1e-7 floor
 # (variant, order, corrector) -> global order with lower_order_final=False, logSNR grid: UniC adds one.
@@ -20,10 +19,6 @@ EXPECTED_SLOPE = {("bh1", 1, False): 1, ("bh1", 1, True): 2, ("bh1", 2, False): 
 
 def _x_T(n=8, dim=16, seed=0):
     return samplers.initial_noise(seed, range(n), (dim,))
-
-
-def _max_abs(a, b):
-    return float((a - torch.as_tensor(b, dtype=torch.float64)).abs().max())
 
 
 def test_fixture_provenance():
@@ -37,26 +32,16 @@ def test_fixture_provenance():
 
 
 def test_parity_with_reference():
-    ck = pretrained.load(FIXTURE["model"])
-    x_T = _x_T()
-    for case in FIXTURE["cases"]:
-        s = samplers.get("unipc", **case["options"])
-        with ck.model.counting() as count:
-            out = s.sample(ck.model, x_T, case["nfe"])
-        assert count.n == case["ref_model_calls"] == case["nfe"], case["options"]
-        assert _max_abs(out, case["x"]) <= 1e-6, (case["options"], case["nfe"])
+    assert_parity(FIXTURE, "unipc")
 
 
 def test_changed_configuration_does_not_match():
-    ck = pretrained.load(FIXTURE["model"])
     case = next(c for c in FIXTURE["cases"] if c["options"] == {
         "variant": "bh1", "order": 3, "grid": "logSNR", "predict": "x0", "corrector": True,
         "lower_order_final": True} and c["nfe"] == 5)
     changes = [{"variant": "bh2"}, {"order": 2}, {"predict": "eps"}, {"corrector": False},
                {"lower_order_final": False}, {"grid": "time_quadratic"}]
-    for change in changes:
-        out = samplers.get("unipc", **{**case["options"], **change}).sample(ck.model, _x_T(), case["nfe"])
-        assert _max_abs(out, case["x"]) > 1e-4, change
+    assert_changes_break_parity(FIXTURE, "unipc", case, changes)
 
 
 @pytest.mark.parametrize("grid", ["logSNR", "time_uniform", "karras"])
