@@ -13,13 +13,14 @@ def ddim(model, x, nfe, *, noise, eta, grid, t_end):
         raise ValueError(f"ddim: eta must be >= 0, got {eta}")
     sch = model.schedule
     ts = time_grid(sch, grid, nfe, t_end)
-    for s, t in zip(ts[:-1], ts[1:]):
-        a_s, s_s, a_t, s_t = sch.alpha(s), sch.sigma(s), sch.alpha(t), sch.sigma(t)
-        eps = model.eps(x, s)
-        x0 = (x - s_s * eps) / a_s
+    alpha, sigma = sch.alpha(ts), sch.sigma(ts)
+    for i in range(nfe):
+        a_s, s_s, a_t, s_t = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
+        eps = model.eps(x, ts[i])
         # sigma_eta = eta * sqrt((sigma_t^2 / sigma_s^2) * (1 - alpha_s^2 / alpha_t^2)).
         s_eta = eta * (s_t / s_s) * (1.0 - (a_s / a_t) ** 2).clamp(min=0).sqrt()
-        x = a_t * x0 + (s_t**2 - s_eta**2).sqrt() * eps
+        # x_t = alpha_t x0 + sqrt(sigma_t^2 - sigma_eta^2) eps with x0 = (x - sigma_s eps) / alpha_s, in one pass.
+        x = (a_t / a_s) * x + ((s_t**2 - s_eta**2).sqrt() - a_t * s_s / a_s) * eps
         if eta > 0:
             x = x + s_eta * noise.randn()
     return x

@@ -14,14 +14,15 @@ def euler(model, x, nfe, *, noise, space, grid, t_end):
     """Explicit Euler; space='t' integrates dx/dt = f x + g^2 eps / (2 sigma), 'rho' is EDM's Euler (= DDIM)."""
     sch = model.schedule
     ts = time_grid(sch, grid, nfe, t_end)
-    for s, t in zip(ts[:-1], ts[1:]):
-        eps = model.eps(x, s)
+    (f, g2), sigma, alpha, rho = sch.drift_diffusion(ts), sch.sigma(ts), sch.alpha(ts), sch.rho(ts)
+    for i in range(nfe):
+        eps = model.eps(x, ts[i])
         if space == "t":
-            f, g2 = sch.drift_diffusion(s)
-            x = x + (t - s) * (f * x + 0.5 * g2 * eps / sch.sigma(s))
+            h = ts[i + 1] - ts[i]
+            x = (1.0 + h * f[i]) * x + (h * 0.5 * g2[i] / sigma[i]) * eps
         else:
             # d(x/alpha)/d rho = eps, rho = sigma / alpha.
-            x = sch.alpha(t) * (x / sch.alpha(s) + (sch.rho(t) - sch.rho(s)) * eps)
+            x = (alpha[i + 1] / alpha[i]) * x + (alpha[i + 1] * (rho[i + 1] - rho[i])) * eps
     return x
 
 
@@ -39,16 +40,17 @@ def heun(model, x, nfe, *, noise, final_euler, grid, t_end):
     sch = model.schedule
     steps = (nfe + 1) // 2 if final_euler else nfe // 2
     ts = time_grid(sch, grid, steps, t_end)
-    xb = x / sch.alpha(ts[0])  # x-bar = x / alpha: the ODE is d x-bar / d rho = eps
-    for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
-        h = sch.rho(t) - sch.rho(s)
-        d = model.eps(xb * sch.alpha(s), s)
+    alpha, rho = sch.alpha(ts), sch.rho(ts)
+    xb = x / alpha[0]  # x-bar = x / alpha: the ODE is d x-bar / d rho = eps
+    for i in range(steps):
+        h = rho[i + 1] - rho[i]
+        d = model.eps(xb * alpha[i], ts[i])
         # Euler step.
         x_next = xb + h * d
         if final_euler and i == steps - 1:
             xb = x_next
             break
         # Apply 2nd order correction.
-        d_next = model.eps(x_next * sch.alpha(t), t)
-        xb = xb + h * 0.5 * (d + d_next)
-    return xb * sch.alpha(ts[-1])
+        d_next = model.eps(x_next * alpha[i + 1], ts[i + 1])
+        xb = xb + (0.5 * h) * (d + d_next)
+    return xb * alpha[-1]
