@@ -19,8 +19,7 @@ def reference_ode_solution(model: DiffusionModel, x_T: torch.Tensor, t_end: floa
     t_start = sch.T if t_start is None else t_start
 
     def velocity(t, x):
-        f, g2 = sch.drift_diffusion(t)
-        return f * x + 0.5 * g2 / sch.sigma(t) * oracle.eps(x, t)
+        return sch.ode_velocity(x, t, oracle.eps(x, t))
 
     ts = torch.tensor([t_start, t_end], dtype=torch.float64)
     # step_t: land on t_end exactly; an overshooting step would evaluate t < 0, where sigma is NaN.

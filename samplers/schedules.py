@@ -59,6 +59,11 @@ class NoiseSchedule(ABC):
         # VP: alpha^2 + sigma^2 = 1, so g^2 = d sigma^2/dt - 2 f sigma^2 = -2 f.
         return f, -2.0 * f
 
+    def ode_velocity(self, x: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+        """dx/dt of the probability-flow ODE, f x - g^2 score / 2 = f x + g^2 eps / (2 sigma) (Song et al. 2021)."""
+        f, g2 = self.drift_diffusion(t)
+        return f * x + (0.5 * g2 / self.sigma(t)) * eps
+
     def config(self) -> dict:
         return {"name": self.name}
 
