@@ -139,7 +139,7 @@ def sample_grid(df: pd.DataFrame, store: ResultsStore, path: Path, per_cell: int
 
 
 def to_markdown(labels, nfes, cells, bold, metric) -> str:
-    head = f"| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |"
+    head = "| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |"
     lines = [head, "|" + "---|" * (len(nfes) + 1)]
     for i, lab in enumerate(labels):
         texts = [f"**{c}**" if bold.get(j) == i else c for j, c in enumerate(cells[i])]
