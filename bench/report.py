@@ -11,7 +11,7 @@ import pandas as pd
 from .schema import METRICS
 from .store import ResultsStore
 
-LOG_METRICS = {"solver_error_median", "solver_error_mean", "frechet", "fid", "kid", "wall_clock_s"}
+LOG_METRICS = {"solver_error_median", "solver_error_mean", "frechet", "fid", "wall_clock_s"}  # KID can be < 0
 TABLE_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "nll_bpd")
 PLOT_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "nll_bpd", "wall_clock_s")
 STATUS_MARK = {"unsupported": "n/a", "diverged": "div.", "error": "err"}
