@@ -75,9 +75,10 @@ def deis(model, x, nfe, *, noise, method, order, coefficients, grid, t_end):
     for i in range(nfe):
         eps = [model.eps(x, ts[i])] + eps[:order]
         nodes = knots[i + 1 - len(eps): i + 1].flip(0)
-        c = _coefficients(sch, method, coefficients, ts[i], ts[i + 1], nodes)
-        # x_{i+1} = (alpha_{i+1} / alpha_i) x_i + alpha_{i+1} sum_j c_j eps_{i-j}   (x / alpha = v, dv = eps d rho)
-        x = (alpha[i + 1] / alpha[i]) * x + alpha[i + 1] * sum(cj * e for cj, e in zip(c, eps))
+        c = alpha[i + 1] * _coefficients(sch, method, coefficients, ts[i], ts[i + 1], nodes)
+        # x_{i+1} = (alpha_{i+1} / alpha_i) x_i + alpha_{i+1} sum_j c_j eps_{i-j}   (x / alpha = v, dv = eps d rho);
+        # c above already holds alpha_{i+1} c_j, so each eps is touched once.
+        x = sum((cj * e for cj, e in zip(c, eps)), (alpha[i + 1] / alpha[i]) * x)
     return x
 
 

@@ -72,23 +72,32 @@ def _singlestep_update(pred, sch, data, x, s, t, mids, solver_type, ms=()):
     return R * x - C * (p1 * m0 + corr), ms
 
 
-def _multistep_update(sch, data, x, ts, ms, t, order, solver_type):
-    """Multistep DPM-Solver-k from ts[-1] to t using past values ms at times ts (2022b Alg. 2 and its order-3 form)."""
-    R, C, h, (p1, p2, p3) = _coefs(sch, data, ts[-1], t)
-    lam = [sch.lambda_(u) for u in ts[-order:]]
+def _multistep_update(x, ms, lam, R, C, h, phis, order, solver_type):
+    """Multistep DPM-Solver-k to the next time using past values ms at lambdas lam (2022b Alg. 2 and its order-3 form).
+
+    R, C, h, phis are this step's coefficients (``_coefs``); D1, D2 are folded into weights of the past values
+    first, so the big tensors are touched once per term: x_t = R x - C sum_j w_j m_{-1-j}.
+    """
+    p1, p2, p3 = phis
     if order == 1:
-        corr = 0.0
+        w = [p1]
     elif order == 2:
-        d1_0 = (ms[-1] - ms[-2]) * h / (lam[-1] - lam[-2])
-        corr = 0.5 * p1 * d1_0 if solver_type == "dpmsolver" else p2 * d1_0
+        # D1 = (m_{-1} - m_{-2}) / r0, r0 = (lambda_{-1} - lambda_{-2}) / h; phi_1 m_{-1} + k D1, k = phi_1 / 2 or phi_2.
+        r0 = (lam[-1] - lam[-2]) / h
+        k = 0.5 * p1 if solver_type == "dpmsolver" else p2
+        w = [p1 + k / r0, -k / r0]
     else:
-        # Order 3 (both solver types): D1, D2 from two backward differences, ratios r0, r1.
+        # Order 3 (both solver types): d1_0 = (m_{-1} - m_{-2}) / r0, d1_1 = (m_{-2} - m_{-3}) / r1,
+        # D1 = d1_0 + r0 / (r0 + r1) (d1_0 - d1_1), D2 = (d1_0 - d1_1) / (r0 + r1),
+        # so phi_2 D1 + phi_3 D2 = u d1_0 - v d1_1 with v = (phi_2 r0 + phi_3) / (r0 + r1), u = phi_2 + v.
         r0, r1 = (lam[2] - lam[1]) / h, (lam[1] - lam[0]) / h
-        d1_0, d1_1 = (ms[-1] - ms[-2]) / r0, (ms[-2] - ms[-3]) / r1
-        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-        d2 = (d1_0 - d1_1) / (r0 + r1)
-        corr = p2 * d1 + p3 * d2
-    return R * x - C * (p1 * ms[-1] + corr)
+        v = (p2 * r0 + p3) / (r0 + r1)
+        u = p2 + v
+        w = [p1 + u / r0, -u / r0 - v / r1, v / r1]
+    x = R * x
+    for wj, m in zip(w, reversed(ms)):
+        x = x - (C * wj) * m
+    return x
 
 
 def _predictor(model, data, thresholding="none", threshold_ratio=0.995, threshold_max=1.0):
@@ -143,15 +152,19 @@ def _sample(model, x, nfe, *, noise, data, order, method, solver_type, lower_ord
             x, _ = _singlestep_update(pred, sch, data, x, s, t, list(mids), solver_type)
         return x
     ts = time_grid(sch, grid, nfe, t_end)
-    hist_t, hist_m = [ts[0]], [pred(x, ts[0])]
+    # Schedule values for the whole grid at once: lambda_i and the coefficients of every step i-1 -> i.
+    lam = sch.lambda_(ts)
+    R, C, h, phis = _coefs(sch, data, ts[:-1], ts[1:])
+    ms = [pred(x, ts[0])]  # model values at the last `order` grid points, newest last
     for i in range(1, nfe + 1):
         # Warm-up with order i; optionally lower the final orders on short runs.
         k = min(i, order)
         if lower_order_final and nfe < LOWER_ORDER_FINAL_MAX_STEPS:
             k = min(k, nfe + 1 - i)
-        x = _multistep_update(sch, data, x, hist_t, hist_m, ts[i], k, solver_type)
+        x = _multistep_update(x, ms[-k:], lam[i - k:i], R[i - 1], C[i - 1], h[i - 1], [p[i - 1] for p in phis],
+                              k, solver_type)
         if i < nfe:  # the model is never evaluated at the last grid point
-            hist_t, hist_m = (hist_t + [ts[i]])[-order:], (hist_m + [pred(x, ts[i])])[-order:]
+            ms = (ms + [pred(x, ts[i])])[-order:]
     return x
 
 

@@ -44,30 +44,31 @@ def unipc(model, x, nfe, *, noise, variant, order, predict, corrector, lower_ord
     ts = time_grid(sch, grid, nfe, t_end)
     lam, alpha, sigma = sch.lambda_(ts), sch.alpha(ts), sch.sigma(ts)
     evaluate = model.x0 if predict == "x0" else model.eps
-    ms, ls = [evaluate(x, ts[0])], [lam[0]]  # model outputs and lambdas of past points, newest last
+    ms = [evaluate(x, ts[0])]  # model outputs at the last `order` grid points, newest last
     for i in range(1, nfe + 1):
         p = i if i < order else (min(order, nfe + 1 - i) if lower_order_final else order)
-        h, m0 = lam[i] - ls[-1], ms[-1]
-        rks = [(ls[-1 - k] - ls[-1]) / h for k in range(1, p)] + [1.0]
-        d1s = [(ms[-1 - k] - m0) / rks[k - 1] for k in range(1, p)]
+        h, m0, past = lam[i] - lam[i - 1], ms[-1], ms[-2::-1]  # past: m_{-k} at lambda_{i-1-k}, k = 1, ..
+        rks = [(lam[i - 1 - k] - lam[i - 1]) / h for k in range(1, p)] + [1.0]
         hh = -h if predict == "x0" else h
         b_h, rhos_p, rhos_c = _rhos(rks, hh, variant, p)
         # First-order exponential-integrator step (DDIM): x0 form sigma_t/sigma_s x - alpha_t (e^{-h} - 1) x0_s,
         # eps form alpha_t/alpha_s x - sigma_t (e^h - 1) eps_s.
         if predict == "x0":
-            scale, x_base = alpha[i], sigma[i] / sigma[i - 1] * x - alpha[i] * torch.expm1(hh) * m0
+            ratio, scale = sigma[i] / sigma[i - 1], alpha[i]
         else:
-            scale, x_base = sigma[i], alpha[i] / alpha[i - 1] * x - sigma[i] * torch.expm1(hh) * m0
-        # UniP-p: x_t = x_base - scale B(h) sum_k rho_k D1_k.
-        x = x_base - scale * b_h * sum((r * d for r, d in zip(rhos_p, d1s)), torch.zeros_like(x))
+            ratio, scale = alpha[i] / alpha[i - 1], sigma[i]
+        w_base = -scale * torch.expm1(hh)  # x_base = ratio x + w_base m0
+        # UniP-p: x_t = x_base - scale B(h) sum_k rho_k D1_k, D1_k = (m_{-k} - m0) / r_k: weights of m_{-k} and m0.
+        w = [-scale * b_h * rho / r for rho, r in zip(rhos_p, rks)]
+        x_s, x = x, ratio * x + sum((wk * mk for wk, mk in zip(w, past)), (w_base - sum(w)) * m0)
         if i == nfe:
             break  # the last point is never evaluated, so it gets no corrector
         m_t = evaluate(x, ts[i])
         if corrector:
             # UniC-p: the same sum plus rho_p (m_t - m0), with m_t from the predicted point (no extra NFE).
-            res = sum((r * d for r, d in zip(rhos_c[:-1], d1s)), rhos_c[-1] * (m_t - m0))
-            x = x_base - scale * b_h * res
-        ms, ls = (ms + [m_t])[-order:], (ls + [lam[i]])[-order:]
+            w, w_t = [-scale * b_h * rho / r for rho, r in zip(rhos_c[:-1], rks)], -scale * b_h * rhos_c[-1]
+            x = ratio * x_s + sum((wk * mk for wk, mk in zip(w, past)), (w_base - sum(w) - w_t) * m0 + w_t * m_t)
+        ms = (ms + [m_t])[-order:]
     return x
 
 
