@@ -23,3 +23,11 @@ def test_ci_runs_the_readme_commands():
     lines = [line.strip() for line in ci.splitlines()]
     assert any(line.startswith(install) for line in lines)
     assert any(line.startswith(run + " ") or line == run for line in lines)  # CI may add --results/--quiet
+
+
+def test_every_results_column_is_documented():
+    from bench.schema import COLUMNS
+    table = re.search(r"## What is measured: a results row(.*?)\n## ", README, re.S).group(1)
+    missing = [c for c in COLUMNS if f"`{c}`" not in table]
+    assert not missing, f"columns missing from the README's schema table: {missing}"
+
