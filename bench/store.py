@@ -39,9 +39,13 @@ class ResultsStore:
 
     def read(self) -> pd.DataFrame:
         """All stored rows (an empty frame with the schema's columns if none)."""
-        if not self.path.exists():
+        try:
+            # One open file descriptor: a concurrent os.replace swaps the name, never the file read here
+            # (reading by path lets pyarrow open it twice and mix an old footer with new data).
+            with open(self.path, "rb") as fh:
+                return conform(pd.read_parquet(fh))
+        except FileNotFoundError:
             return conform(pd.DataFrame(columns=list(COLUMNS)))
-        return conform(pd.read_parquet(self.path))
 
     def done_cells(self) -> set[str]:
         """Cell ids whose stored outcome is final (everything but ``error``, which is retried)."""

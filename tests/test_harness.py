@@ -206,3 +206,29 @@ def test_solver_error_on_a_reference_subset(tmp_path):
     err = (out[:5] - ck.reference_solution(x_T[:5], samplers.T_END)).norm(dim=1)
     assert row["solver_error_mean"] == pytest.approx(float(err.mean()), rel=1e-9)
     assert ResultsStore(tmp_path).load_samples(cell.cell_id).shape == (12, 2)
+
+
+def test_reads_never_see_a_half_replaced_file(tmp_path):
+    """A reader racing a writer sees whole files (reading by path once mixed an old footer with new data)."""
+    import threading
+
+    store, stop, errors = ResultsStore(tmp_path), threading.Event(), []
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            store.append([{"cell_id": f"c{i}", "status": "ok", "seed": 0, "n_samples": 1, "batch_size": 1,
+                           "threads": 1, "world_size": 1}])
+            i += 1
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        seen, deadline = 0, time.time() + 6
+        while time.time() < deadline:
+            n = len(store.read())
+            assert n >= seen  # rows only ever accumulate
+            seen = n
+    finally:
+        stop.set()
+        thread.join()
+    assert seen > 20
