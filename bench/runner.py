@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -52,7 +53,7 @@ class ReferenceCache:
             ref = ck.reference_solution(x_T, t_end)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two runs may share a results folder
                 torch.save(ref, tmp)
                 tmp.replace(path)
         self._mem[key] = ref

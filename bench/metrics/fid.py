@@ -8,6 +8,7 @@ torch-fidelity under a name made of everything that determines them.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -104,6 +105,17 @@ def inception_weights(path=None) -> str | None:
     return None
 
 
+def _sha256_prefix(path: str) -> str:
+    """The weights' hash for the cache key, computed once per file version (Inception is ~100 MB; FID runs per cell)."""
+    st = os.stat(path)
+    return _hash_once(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=None)
+def _hash_once(path: str, mtime_ns: int, size: int) -> str:
+    return file_sha256(path)[:16]
+
+
 def _extractor_setup(checkpoint, inception_weights_path):
     """(extractor name, feature layer, weights path or None, cache-key fragment of the weights, KID kernel gamma)."""
     name = checkpoint.extras.get("fid", INCEPTION)
@@ -112,7 +124,7 @@ def _extractor_setup(checkpoint, inception_weights_path):
         return name, DIGITS_LAYER, str(DIGITS_WEIGHTS), manifest["weights_sha256"][:16], manifest["kid_gamma"]
     if name == INCEPTION:
         path = inception_weights(inception_weights_path)
-        return name, INCEPTION_LAYER, path, (file_sha256(path)[:16] if path else "torch-fidelity-url"), None
+        return name, INCEPTION_LAYER, path, (_sha256_prefix(path) if path else "torch-fidelity-url"), None
     raise ValueError(f"checkpoint {checkpoint.name!r} names an unknown FID extractor {name!r}; "
                      f"allowed: {[FID_EXTRACTOR, INCEPTION]}")
 
