@@ -1,11 +1,12 @@
 """The model boundary: any network f(x, t) with its prediction type becomes eps / x0 / score at continuous t.
 
 Prediction types are normalised here and nowhere else (STYLE principle 2). Every call of the wrapped
-network is counted, so NFE is measured, never inferred from a step count (principle 4).
+network is counted, so NFE is measured, never inferred from a step count (principle 4). Every call also
+checks the network's output (a floating tensor of x's shape on x's device) from metadata alone: no host sync.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator
 
 import torch
@@ -14,6 +15,12 @@ from .schedules import NoiseSchedule, VPDiscrete
 
 PREDICTIONS = ("eps", "x0", "v", "score")
 TIME_INPUTS = ("continuous", "discrete")
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """a is b, where a device without an index ("cuda") stands for any index of its type."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 class DiffusionModel:
@@ -21,40 +28,88 @@ class DiffusionModel:
 
     Args:
         fn: the network; called with x in ``net_dtype`` of shape (B, *data_shape) and a time
-            tensor of shape (B,) in the network's own convention (see ``time_input``).
+            tensor of shape (B,) in the network's own convention (see ``time_input``), both on
+            ``device``; it must return a floating tensor of x's shape on x's device.
         schedule: the VP noise schedule the network was trained with.
         prediction: what ``fn`` predicts: "eps", "x0", "v" (alpha eps - sigma x0) or "score".
         time_input: "continuous" passes t in [0, T]; "discrete" passes (t - 1/N) N of a
             ``VPDiscrete`` schedule (DPM-Solver's map of continuous to discrete time).
         data_shape: the shape of one sample, e.g. (2,) or (1, 8, 8).
         net_dtype: dtype the network computes in; inputs are cast to it and outputs cast back.
+        name: how errors and results name the network.
+        device: where x must be (the network's device); "cuda" without an index accepts any GPU.
+        autocast_dtype: None, or torch.bfloat16 / torch.float16 to call the network under
+            ``torch.autocast`` (mixed precision); the output is cast back to x's dtype.
     """
 
     def __init__(self, fn: Callable, schedule: NoiseSchedule, prediction: str = "eps", *,
                  time_input: str = "continuous", data_shape: tuple = (), net_dtype=torch.float32,
-                 name: str = "model"):
+                 name: str = "model", device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction type {prediction!r}; allowed: {list(PREDICTIONS)}")
         if time_input not in TIME_INPUTS:
             raise ValueError(f"unknown time_input {time_input!r}; allowed: {list(TIME_INPUTS)}")
         if time_input == "discrete" and not isinstance(schedule, VPDiscrete):
             raise ValueError("time_input='discrete' needs a VPDiscrete schedule")
+        if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"{name}: autocast_dtype {autocast_dtype} is not supported; allowed: "
+                             f"{[None, *AUTOCAST_DTYPES]}")
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"{name}: {device!r} is not a torch device ({e})") from None
         self.fn, self.schedule, self.prediction = fn, schedule, prediction
         self.time_input, self.data_shape, self.net_dtype, self.name = time_input, tuple(data_shape), net_dtype, name
+        self.device, self.autocast_dtype = device, autocast_dtype
         self.nfe = 0
+
+    def replace(self, **changes) -> "DiffusionModel":
+        """A new boundary with some constructor arguments changed (e.g. ``autocast_dtype``); its NFE count starts at 0."""
+        fields = dict(fn=self.fn, schedule=self.schedule, prediction=self.prediction, time_input=self.time_input,
+                      data_shape=self.data_shape, net_dtype=self.net_dtype, name=self.name, device=self.device,
+                      autocast_dtype=self.autocast_dtype)
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise ValueError(f"DiffusionModel has no argument {unknown}; allowed: {sorted(fields)}")
+        fields.update(changes)
+        return DiffusionModel(fields.pop("fn"), fields.pop("schedule"), fields.pop("prediction"), **fields)
 
     # -- the one place the network is called ------------------------------------------------
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Raw network output at continuous time t (scalar or shape (B,)); counts one NFE."""
-        t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
+        """Raw network output at continuous time t (scalar, 0-d or shape (B,) tensor); counts one NFE."""
+        if not same_device(self.device, x.device):
+            raise ValueError(f"{self.name}: x is on {x.device}, the model on {self.device}")
+        t = self._time(x, t).expand(x.shape[0])
         t_in = self.schedule.to_discrete(t) if self.time_input == "discrete" else t
         self.nfe += 1
-        out = self.fn(x.to(self.net_dtype), t_in.to(self.net_dtype))
+        amp = nullcontext() if self.autocast_dtype is None else torch.autocast(x.device.type, self.autocast_dtype)
+        with amp:
+            out = self.fn(x.to(self.net_dtype), t_in.to(self.net_dtype))
+        self._check_output(x, out)
         return out.to(x.dtype)
+
+    def _time(self, x: torch.Tensor, t) -> torch.Tensor:
+        """t as float64 on x's device: a tensor already there is used as is, a number or 0-d tensor is filled in."""
+        if isinstance(t, torch.Tensor) and t.device == x.device:
+            return t.to(torch.float64)
+        if isinstance(t, torch.Tensor) and t.dim():
+            raise ValueError(f"{self.name}: t of shape {tuple(t.shape)} is on {t.device}, x on {x.device}: "
+                             "make the time grid on x's device once, before the step loop")
+        # torch.full writes a host scalar on the device without a copy (a copy from the host would synchronise).
+        return torch.full((), float(t), dtype=torch.float64, device=x.device)
+
+    def _check_output(self, x: torch.Tensor, out) -> None:
+        """The network's output is a floating tensor of exactly x's shape on x's device (metadata only, no sync)."""
+        got = (f"{type(out).__name__}" if not isinstance(out, torch.Tensor)
+               else f"{tuple(out.shape)} {out.dtype} on {out.device}")
+        if (not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.shape != x.shape
+                or out.device != x.device):
+            raise ValueError(f"network {self.name!r} returned {got}; expected a floating tensor of shape "
+                             f"{tuple(x.shape)} on {x.device}")
 
     def _coefs(self, x, t):
         shape = (-1,) + (1,) * (x.dim() - 1)
-        t = torch.as_tensor(t, dtype=torch.float64)
+        t = self._time(x, t)
         a = self.schedule.alpha(t).to(x.dtype)
         s = self.schedule.sigma(t).to(x.dtype)
         return (a.reshape(shape) if a.dim() else a), (s.reshape(shape) if s.dim() else s)
