@@ -1,6 +1,8 @@
 """The analytic checkpoints gmm-2d and gmm-16d: exact scores, densities and ODE oracle (see gmm.py)."""
 from __future__ import annotations
 
+import torch
+
 from samplers.schedules import VPLinear
 
 from .gmm import GaussianMixture, random_mixture, ring_2d
@@ -10,16 +12,16 @@ from .registry import Checkpoint, register_checkpoint
 def _checkpoint(name: str, mix: GaussianMixture, description: str) -> Checkpoint:
     return Checkpoint(name=name, model=mix.as_model(name), description=description,
                       reference_solution=mix.ode_solution, real_data=mix.sample, log_prob=mix.log_prob,
-                      moments=mix.moments(), reference_exact=True, extras={"mixture": mix})
+                      moments=mix.moments(), reference_exact=True, extras={"mixture": mix}, device=mix.device)
 
 
 @register_checkpoint("gmm-2d", data_shape=(2,), schedule="vp_linear", prediction="eps",
                      description="analytic 8-mode ring in 2-d (exact score, exact ODE oracle)")
-def gmm_2d() -> Checkpoint:
-    return _checkpoint("gmm-2d", ring_2d(VPLinear()), "analytic 8-mode ring in 2-d")
+def gmm_2d(device: torch.device) -> Checkpoint:
+    return _checkpoint("gmm-2d", ring_2d(VPLinear(), device=device), "analytic 8-mode ring in 2-d")
 
 
 @register_checkpoint("gmm-16d", data_shape=(16,), schedule="vp_linear", prediction="eps",
                      description="analytic 6-mode diagonal mixture in 16-d (exact score, exact ODE oracle)")
-def gmm_16d() -> Checkpoint:
-    return _checkpoint("gmm-16d", random_mixture(VPLinear()), "analytic 6-mode mixture in 16-d")
+def gmm_16d(device: torch.device) -> Checkpoint:
+    return _checkpoint("gmm-16d", random_mixture(VPLinear(), device=device), "analytic 6-mode mixture in 16-d")

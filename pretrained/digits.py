@@ -10,7 +10,7 @@ from samplers.schedules import VPLinear
 from .data import digits_split, split_sha256
 from .nets import DigitsClassifier, UNet
 from .registry import Checkpoint, register_checkpoint
-from .weights import WEIGHTS_ROOT, load_weights
+from .weights import WEIGHTS_ROOT, load_weights, verify_weights
 
 DATA_SHAPE = (1, 8, 8)
 FID_EXTRACTOR = "digits-classifier"
@@ -19,34 +19,47 @@ REFERENCE_SAMPLES = 200  # solver error on the first 200 samples of a cell: the 
 DEFAULT_N_SAMPLES = 500  # samples per cell of `bench run` (FID against the 300 reference images)
 
 
+UNET_FOLDER = WEIGHTS_ROOT / "digits"
+FEATURES_FOLDER = WEIGHTS_ROOT / "digits_features"
+
+
+def _device_of(net: torch.nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
 def as_model(net: UNet, name: str = "digits") -> DiffusionModel:
-    """The model boundary around ``net`` (eval mode, called under inference mode)."""
+    """The model boundary around ``net`` (eval mode, called under inference mode) on the net's device."""
     net.eval()
 
     def fn(x, t):
         with torch.inference_mode():
             return net(x, t)
 
-    return DiffusionModel(fn, VPLinear(), "eps", data_shape=DATA_SHAPE, net_dtype=torch.float32, name=name)
+    return DiffusionModel(fn, VPLinear(), "eps", data_shape=DATA_SHAPE, net_dtype=torch.float32, name=name,
+                          device=_device_of(net))
 
 
-def load_unet(folder=WEIGHTS_ROOT / "digits") -> tuple[UNet, dict]:
-    state, manifest = load_weights(folder)
+def load_unet(folder=UNET_FOLDER, *, expected_sha256: str | None = None,
+              trust_manifest: bool = False) -> tuple[UNet, dict]:
+    """The digits UNet (eval mode, CPU) and its manifest; weights checked as ``weights.load_weights`` does."""
+    state, manifest = load_weights(folder, "digits", expected_sha256=expected_sha256, trust_manifest=trust_manifest)
     net = UNet(**manifest["architecture"]["config"])
     net.load_state_dict(state)
     return net.eval(), manifest
 
 
-def load_feature_net(folder=WEIGHTS_ROOT / "digits_features") -> tuple[DigitsClassifier, dict]:
-    """The FID feature network (eval mode) and its manifest."""
-    state, manifest = load_weights(folder)
+def load_feature_net(folder=FEATURES_FOLDER, *, expected_sha256: str | None = None,
+                     trust_manifest: bool = False) -> tuple[DigitsClassifier, dict]:
+    """The FID feature network (eval mode, CPU) and its manifest; weights checked as ``weights.load_weights`` does."""
+    state, manifest = load_weights(folder, "digits_features", expected_sha256=expected_sha256,
+                                   trust_manifest=trust_manifest)
     net = DigitsClassifier()
     net.load_state_dict(state)
     return net.eval(), manifest
 
 
 def real_data(n: int, seed: int = 0) -> torch.Tensor:
-    """n images of the "reference" split (300 in all; no replacement), in an order fixed by ``seed``."""
+    """n images of the "reference" split (300 in all; no replacement), in an order fixed by ``seed``; on the CPU."""
     x, _ = digits_split("reference")
     if n > len(x):
         raise ValueError(f"digits real_data: the reference split has {len(x)} images, asked for {n}")
@@ -58,19 +71,27 @@ def ode_solution(net: UNet, x_T: torch.Tensor, t_end: float) -> torch.Tensor:
 
     Fixed steps keep each sample independent of its batch (an adaptive solver's steps are not);
     500 steps are within 9e-4 max abs (7e-5 rms) of dopri8 at tolerance 1e-8 on this model (DDIM 50 NFE: 0.14).
+    Runs on the net's device; x_T must be there.
     """
     model = as_model(net, "digits-oracle")  # its own NFE counter: the benchmarked model's stays untouched
     return samplers.get("heun", grid="karras", t_end=t_end).sample(model, x_T, 2 * ORACLE_STEPS)
 
 
+def check_weights() -> None:
+    """ValueError unless the UNet's and the FID feature network's files match their pins (nothing parsed)."""
+    verify_weights(UNET_FOLDER, "digits")
+    verify_weights(FEATURES_FOLDER, "digits_features")
+
+
 @register_checkpoint("digits", data_shape=DATA_SHAPE, schedule="vp_linear", prediction="eps",
                      description="small UNet trained on scikit-learn 8x8 digits (FID with a digits classifier)",
-                     default_n_samples=DEFAULT_N_SAMPLES)
-def digits() -> Checkpoint:
+                     default_n_samples=DEFAULT_N_SAMPLES, check=check_weights)
+def digits(device: torch.device) -> Checkpoint:
     net, manifest = load_unet()
+    net = net.to(device)
     return Checkpoint(name="digits", model=as_model(net), description="UNet (0.5M params) on 8x8 digits",
                       reference_solution=lambda x_T, t_end: ode_solution(net, x_T, t_end),
                       real_data=real_data, reference_exact=False, reference_samples=REFERENCE_SAMPLES,
                       fingerprint=manifest["weights_sha256"],
                       extras={"fid": FID_EXTRACTOR, "fid_reference": (f"digits-reference-{split_sha256()[:16]}", 300),
-                              "net": net, "manifest": manifest})
+                              "net": net, "manifest": manifest}, device=device)

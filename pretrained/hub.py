@@ -3,11 +3,16 @@
 The UNet's discrete timesteps become a ``VPDiscrete`` schedule from the scheduler's betas with DPM-Solver's
 time map (``time_input="discrete"``); epsilon / sample / v_prediction map to eps / x0 / v; learned-variance
 outputs (2x channels) keep their first half. Weights load from safetensors only (no pickle).
+``inspect_folder`` checks a folder (layout, both configs, weights present) without loading the weights; every
+problem is a one-line ValueError naming the path and what was expected.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,61 +21,198 @@ from samplers.model import DiffusionModel
 from samplers.schedules import VPDiscrete
 
 from .reference import reference_ode_solution
+from .registry import Checkpoint, resolve_device
 from .weights import file_sha256
-from .registry import Checkpoint
 
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+UNET_CLASS = "UNet2DModel"
+# diffusers schedulers whose config defines DDPM betas (diffusers' KarrasDiffusionSchedulers less EDMEuler).
+SCHEDULER_CLASSES = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+                     "EulerDiscreteScheduler", "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+                     "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler",
+                     "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DEISMultistepScheduler",
+                     "UniPCMultistepScheduler")
+DEFAULT_SCHEDULER = "DDPMScheduler"  # a scheduler_config.json without _class_name
+SAFETENSORS_FILE = "diffusion_pytorch_model.safetensors"
+SAFETENSORS_INDEX = SAFETENSORS_FILE + ".index.json"
+PICKLE_FILES = ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.bin.index.json")
+LAYOUTS = ("unet/config.json + scheduler/scheduler_config.json (a saved pipeline) "
+           "or config.json + scheduler_config.json (a UNet folder)")
+HUB_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?")
+SHARD_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.safetensors")
 
 
-def _layout(folder: Path) -> tuple[str | None, Path]:
-    """(UNet subfolder or None, scheduler config file) of a save_pretrained pipeline folder or a flat UNet folder."""
-    if (folder / "unet" / "config.json").exists() and (folder / "scheduler" / "scheduler_config.json").exists():
-        return "unet", folder / "scheduler" / "scheduler_config.json"
-    if (folder / "config.json").exists() and (folder / "scheduler_config.json").exists():
-        return None, folder / "scheduler_config.json"
-    raise FileNotFoundError(f"{folder}: expected unet/config.json + scheduler/scheduler_config.json, "
-                            f"or config.json + scheduler_config.json")
+@dataclass(frozen=True)
+class HubFolder:
+    """A checked diffusers folder: where the UNet and scheduler are, their configs and the weights files."""
+
+    folder: Path
+    subfolder: str | None
+    unet_config: dict
+    scheduler_config: dict
+    weights: tuple
+    data_shape: tuple
+    learned_variance: bool
+    betas: torch.Tensor
 
 
-def _resolve(path_or_hub_id: str, local_files_only: bool) -> Path:
-    """A local folder as is; a hub id through the Hugging Face cache (downloading unless local_files_only)."""
-    if os.path.isdir(path_or_hub_id):
-        return Path(path_or_hub_id)
+def is_hub_id(s: str) -> bool:
+    """'owner/name' as the Hugging Face hub spells repository ids (no '..' or '--')."""
+    return bool(HUB_ID.fullmatch(s)) and ".." not in s and "--" not in s
+
+
+def _resolve(source: str, local_files_only: bool) -> Path:
+    """A local folder as is; an 'owner/name' hub id through the Hugging Face cache (downloading unless offline)."""
+    path = os.path.expanduser(source)
+    if os.path.isdir(path):
+        return Path(path)
+    if os.path.exists(path):
+        raise ValueError(f"hub:{source}: {path} is a file; expected a folder with {LAYOUTS}")
+    if not is_hub_id(source):  # a local path: say nothing about downloading
+        looks_like_path = os.path.isabs(path) or source.startswith((".", "~")) or "/" in source or os.sep in source
+        kind = "no such folder" if looks_like_path else "neither a folder nor a Hugging Face hub id 'owner/name':"
+        raise ValueError(f"hub:{source}: {kind} {path!r}; expected a folder with {LAYOUTS}")
     from huggingface_hub import snapshot_download
     try:
-        return Path(snapshot_download(path_or_hub_id, local_files_only=local_files_only,
+        return Path(snapshot_download(source, local_files_only=local_files_only,
                                       allow_patterns=["*.json", "*.safetensors"]))
     except Exception as e:  # offline, unknown id, no cache: all end the same way for the user
-        raise FileNotFoundError(
-            f"cannot get diffusers checkpoint {path_or_hub_id!r} ({type(e).__name__}: {e}). Without network access, "
-            f"download it elsewhere (e.g. `huggingface-cli download {path_or_hub_id}`) and pass the local folder, "
-            f"or copy the Hugging Face cache there and point HF_HOME at it.") from e
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"hub:{source}: not a local folder, and the Hugging Face hub id could not be fetched ({type(e).__name__}: "
+            f"{reason}). Without network access, download it elsewhere (e.g. `huggingface-cli download {source}`) "
+            f"and pass the local folder, or copy the Hugging Face cache there and point HF_HOME at it.") from None
 
 
-def load_diffusers(path_or_hub_id: str, *, local_files_only: bool | None = None) -> Checkpoint:
+def _read_json(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _layout(folder: Path) -> tuple[str | None, Path, Path]:
+    """(UNet subfolder or None, UNet config, scheduler config) of a pipeline folder or a flat UNet folder."""
+    if not any(folder.iterdir()):
+        raise ValueError(f"{folder}: the folder is empty; expected {LAYOUTS}")
+    if (folder / "unet").is_dir() or (folder / "model_index.json").is_file():
+        subfolder, unet_config, scheduler_config = "unet", folder / "unet" / "config.json", \
+            folder / "scheduler" / "scheduler_config.json"
+    elif (folder / "config.json").is_file() or (folder / "scheduler_config.json").is_file():
+        subfolder, unet_config, scheduler_config = None, folder / "config.json", folder / "scheduler_config.json"
+    else:
+        found = sorted(p.name for p in folder.iterdir())[:8]
+        raise ValueError(f"{folder}: no diffusers UNet here (found {found}); expected {LAYOUTS}")
+    for path in (unet_config, scheduler_config):
+        if not path.is_file():
+            raise ValueError(f"{folder}: missing {path.relative_to(folder)}; expected {LAYOUTS}")
+    return subfolder, unet_config, scheduler_config
+
+
+def _weights(unet_dir: Path) -> tuple:
+    """The safetensors files of the UNet (one file, or the shards its index names); pickle-only folders refused."""
+    if (unet_dir / SAFETENSORS_FILE).is_file():
+        return (unet_dir / SAFETENSORS_FILE,)
+    if (unet_dir / SAFETENSORS_INDEX).is_file():
+        weight_map = _read_json(unet_dir / SAFETENSORS_INDEX).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{unet_dir / SAFETENSORS_INDEX}: expected a non-empty 'weight_map' object")
+        shards = sorted(set(weight_map.values()), key=str)
+        for shard in shards:
+            if not isinstance(shard, str) or not SHARD_NAME.fullmatch(shard):
+                raise ValueError(f"{unet_dir / SAFETENSORS_INDEX}: shard {shard!r} must be a plain .safetensors "
+                                 f"file name in {unet_dir}")
+            if not (unet_dir / shard).is_file():
+                raise ValueError(f"{unet_dir / SAFETENSORS_INDEX}: shard {shard} is missing")
+        return tuple(unet_dir / s for s in shards)
+    pickles = [name for name in PICKLE_FILES if (unet_dir / name).exists()]
+    if pickles:
+        raise ValueError(f"{unet_dir}: only pickle weights ({', '.join(pickles)}), which are never loaded; expected "
+                         f"{SAFETENSORS_FILE} (re-save with save_pretrained(..., safe_serialization=True))")
+    others = sorted(p.name for p in unet_dir.glob("*.safetensors"))
+    raise ValueError(f"{unet_dir}: no weights; expected {SAFETENSORS_FILE}" + (f" (found {others})" if others else ""))
+
+
+def _data_shape(path: Path, config: dict) -> tuple[tuple, bool]:
+    """(data shape, learned variance) from a UNet2DModel config (diffusers' defaults: 3 channels in and out)."""
+    if config.get("_class_name") != UNET_CLASS:
+        raise ValueError(f"{path}: _class_name is {config.get('_class_name')!r}; expected {UNET_CLASS!r}")
+    c_in, c_out, size = config.get("in_channels", 3), config.get("out_channels", 3), config.get("sample_size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = [size, size]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
+        raise ValueError(f"{path}: sample_size is {config.get('sample_size')!r}; expected an int or [height, width]")
+    if not isinstance(c_in, int) or c_in < 1 or c_out not in (c_in, 2 * c_in):
+        raise ValueError(f"{path}: out_channels {c_out!r} must equal in_channels {c_in!r} (or twice it: "
+                         f"learned variance)")
+    return (c_in, *size), c_out == 2 * c_in
+
+
+def _betas(path: Path, config: dict) -> torch.Tensor:
+    """diffusers' own betas (float32, as its pipelines use them) from the scheduler class that saved the config."""
+    import diffusers
+
+    cls = config.get("_class_name", DEFAULT_SCHEDULER)
+    if cls not in SCHEDULER_CLASSES:
+        raise ValueError(f"{path}: _class_name {cls!r} is not a diffusers scheduler with DDPM betas; "
+                         f"allowed: {list(SCHEDULER_CLASSES)}")
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"{path}: prediction_type {prediction!r} not supported; allowed: {list(PREDICTIONS)}")
+    try:
+        betas = getattr(diffusers, cls).from_config(config).betas.to(torch.float64)
+    except Exception as e:  # noqa: BLE001 -- any config diffusers cannot build from is the user's file
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: diffusers cannot build {cls} from it ({type(e).__name__}: {reason})") from None
+    VPDiscrete(betas)  # raises ValueError unless every beta is in (0, 1)
+    return betas
+
+
+def inspect_folder(source: str, *, local_files_only: bool | None = None) -> HubFolder:
+    """Resolve ``source`` (folder or hub id) and check layout, configs and weights files without loading weights."""
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+    folder = _resolve(source, local_files_only)
+    subfolder, unet_file, scheduler_file = _layout(folder)
+    unet_config, scheduler_config = _read_json(unet_file), _read_json(scheduler_file)
+    data_shape, learned_variance = _data_shape(unet_file, unet_config)
+    betas = _betas(scheduler_file, scheduler_config)
+    weights = _weights(unet_file.parent)
+    return HubFolder(folder, subfolder, unet_config, scheduler_config, weights, data_shape, learned_variance, betas)
+
+
+def check_folder(source: str) -> None:
+    """ValueError unless ``load_diffusers(source)`` would find a loadable folder (weights not read)."""
+    inspect_folder(source)
+
+
+def fingerprint(info: HubFolder) -> str:
+    """sha256 of the weights files' sha256s and both configs: everything that determines the model's outputs."""
+    h = hashlib.sha256()
+    for path in info.weights:
+        h.update(file_sha256(path).encode())
+    for config in (info.unet_config, info.scheduler_config):
+        h.update(json.dumps(config, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def load_diffusers(path_or_hub_id: str, *, local_files_only: bool | None = None, device="cpu") -> Checkpoint:
     """Load a diffusers UNet2DModel + scheduler as a Checkpoint (reference: dopri5 on the PF-ODE, rtol 1e-5).
 
     Args:
         path_or_hub_id: a local folder (pipeline layout or flat UNet folder) or a hub id ("google/ddpm-cifar10-32").
         local_files_only: only use the local Hugging Face cache for hub ids; defaults to HF_HUB_OFFLINE.
+        device: where the UNet computes ("cpu", "cuda", "cuda:N" or a torch.device).
     """
-    import diffusers
     from diffusers import UNet2DModel
 
-    if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
-    folder = _resolve(path_or_hub_id, local_files_only)
-    subfolder, scheduler_file = _layout(folder)
-    config = json.loads(scheduler_file.read_text())
-    prediction = config.get("prediction_type", "epsilon")
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"{path_or_hub_id}: prediction_type {prediction!r} not supported; allowed: {list(PREDICTIONS)}")
-    # diffusers' own betas (float32, as its pipelines use them) from whichever scheduler class saved the config.
-    scheduler = getattr(diffusers, config.get("_class_name", "DDPMScheduler")).from_config(config)
-    schedule = VPDiscrete(scheduler.betas.to(torch.float64))
-    unet = UNet2DModel.from_pretrained(folder, subfolder=subfolder, use_safetensors=True).eval()
-    c_in, size = unet.config.in_channels, unet.config.sample_size
-    learned_variance = unet.config.out_channels == 2 * c_in
+    device = resolve_device(device)
+    info = inspect_folder(path_or_hub_id, local_files_only=local_files_only)
+    unet = UNet2DModel.from_pretrained(info.folder, subfolder=info.subfolder, use_safetensors=True).eval().to(device)
+    c_in, learned_variance = info.data_shape[0], info.learned_variance
 
     def fn(x, t_in):
         with torch.inference_mode():
@@ -78,14 +220,15 @@ def load_diffusers(path_or_hub_id: str, *, local_files_only: bool | None = None)
         return out[:, :c_in] if learned_variance else out
 
     name = f"hub:{path_or_hub_id}"
-    model = DiffusionModel(fn, schedule, PREDICTIONS[prediction], time_input="discrete",
-                           data_shape=(c_in, size, size), net_dtype=torch.float32, name=name)
+    prediction = PREDICTIONS[info.scheduler_config.get("prediction_type", "epsilon")]
+    model = DiffusionModel(fn, VPDiscrete(info.betas), prediction, time_input="discrete", data_shape=info.data_shape,
+                           net_dtype=torch.float32, name=name, device=device)
 
     def no_real_data(n, seed=0):
         raise ValueError(f"{name}: a diffusers checkpoint carries no data set")
 
     return Checkpoint(name=name, model=model, description=f"diffusers UNet2DModel from {path_or_hub_id}",
                       reference_solution=lambda x_T, t_end: reference_ode_solution(model, x_T, t_end),
-                      real_data=no_real_data, reference_exact=False,
-                      fingerprint=file_sha256(next((folder / (subfolder or "")).glob("*.safetensors"))),
-                      extras={"folder": str(folder), "scheduler_config": config, "learned_variance": learned_variance})
+                      real_data=no_real_data, reference_exact=False, fingerprint=fingerprint(info),
+                      extras={"folder": str(info.folder), "scheduler_config": info.scheduler_config,
+                              "learned_variance": learned_variance, "unet": unet}, device=device)

@@ -1,10 +1,13 @@
-"""The checkpoint registry: ``load(name)`` gives a ``Checkpoint`` (model boundary + what metrics need).
+"""The checkpoint registry: ``load(name, device)`` gives a ``Checkpoint`` (model boundary + what metrics need).
 
 A checkpoint is registered with a loader and the facts ``bench list`` shows (data shape, schedule,
-prediction type, one-line description); loading happens only when asked for, once per process.
+prediction type, one-line description); loading happens only when asked for, once per process and device.
+``validate(name, device)`` checks that a load would succeed without loading the weights.
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Optional
@@ -28,6 +31,8 @@ class Checkpoint:
         reference_samples: solver error uses the first this many samples (None: all), where the
             reference solution is expensive (a network solved with 1000 NFE).
         fingerprint: what identifies the weights (their sha256); part of every cache key.
+        device: where the model, the mixture parameters and ``reference_solution`` compute; ``real_data`` and
+            ``moments`` stay on the CPU (they feed numpy and torch-fidelity).
     """
 
     name: str
@@ -41,6 +46,7 @@ class Checkpoint:
     reference_samples: Optional[int] = None
     fingerprint: str = ""
     extras: dict = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
 
     @property
     def data_shape(self) -> tuple:
@@ -49,26 +55,32 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class CheckpointEntry:
+    """A registered checkpoint: ``loader(device)`` builds it, ``check()`` raises ValueError where it would not load."""
+
     name: str
-    loader: Callable[[], Checkpoint]
+    loader: Callable[[torch.device], Checkpoint]
     data_shape: tuple
     schedule: str
     prediction: str
     description: str
     default_n_samples: int
+    check: Callable[[], None] = lambda: None
 
 
 _REGISTRY: dict[str, CheckpointEntry] = {}
 
 
 def register_checkpoint(name: str, *, data_shape: tuple, schedule: str, prediction: str, description: str,
-                        default_n_samples: int = 1000):
-    """Decorator registering a zero-argument loader under ``name`` (duplicates raise)."""
+                        default_n_samples: int = 1000, check: Callable[[], None] | None = None):
+    """Decorator registering a loader ``(device) -> Checkpoint`` under ``name`` (duplicates raise).
+
+    ``check``, if given, raises ValueError where loading would fail (e.g. a weights checksum), cheaply.
+    """
     def deco(loader):
         if name in _REGISTRY:
             raise ValueError(f"checkpoint {name!r} is already registered")
         _REGISTRY[name] = CheckpointEntry(name, loader, tuple(data_shape), schedule, prediction, description,
-                                         default_n_samples)
+                                         default_n_samples, check or (lambda: None))
         return loader
     return deco
 
@@ -80,18 +92,82 @@ def available() -> list[str]:
 HUB_PREFIX = "hub:"  # "hub:<folder or hub id>" names a diffusers-format checkpoint
 
 
+DEVICES = ("cpu", "cuda", "cuda:N", "meta")  # meta: shapes only, for tests of the analytic models
+
+
+def resolve_device(device="cpu") -> torch.device:
+    """``device`` (str or torch.device) as a torch.device with its index ("cuda" -> "cuda:<current>")."""
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"device must be a str or torch.device, got {type(device).__name__}; allowed: {list(DEVICES)}")
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; allowed: {list(DEVICES)}") from None
+    if d.type in ("cpu", "meta"):
+        return torch.device(d.type)
+    if d.type != "cuda":
+        raise ValueError(f"unsupported device {device!r}; allowed: {list(DEVICES)}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine; allowed: cpu")
+    n = torch.cuda.device_count()
+    index = torch.cuda.current_device() if d.index is None else d.index
+    if index >= n:
+        raise ValueError(f"device {device!r}: this machine has {n} CUDA device(s); allowed: cpu, cuda, "
+                         + ", ".join(f"cuda:{i}" for i in range(n)))
+    return torch.device("cuda", index)
+
+
+SAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+SAFE_NAME_SLUG = 40  # characters of the readable part; the sha1 part keeps distinct names distinct
+
+
+def safe_name(name: str) -> str:
+    """A file-name token for a checkpoint name: its [A-Za-z0-9._-] slug (<= 40 chars) + "-" + 10 hex of sha1(name).
+
+    Never empty, never starts with a dot or contains a separator, so ``folder / safe_name(n)`` stays in ``folder``.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"checkpoint name must be a str, got {type(name).__name__}")
+    slug = SAFE_NAME_CHARS.sub("_", name).strip("._-")[:SAFE_NAME_SLUG]
+    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{slug}-{digest}" if slug else digest
+
+
 def entry(name: str) -> CheckpointEntry:
-    """The registered entry; a "hub:" name gets one made on the fly (its facts are known once loaded)."""
+    """The registered entry, without touching files; a "hub:" name gets one made on the fly (facts known once loaded)."""
+    if not isinstance(name, str):
+        raise ValueError(f"checkpoint name must be a str, got {type(name).__name__}")
     if name.startswith(HUB_PREFIX):
-        from .hub import load_diffusers
-        return CheckpointEntry(name, lambda: load_diffusers(name[len(HUB_PREFIX):]), (), "vp_discrete", "from config",
-                               f"diffusers-format checkpoint {name[len(HUB_PREFIX):]}", 1000)
+        from . import hub
+        source = name[len(HUB_PREFIX):]
+        return CheckpointEntry(name, lambda device: hub.load_diffusers(source, device=device), (), "vp_discrete",
+                               "from config", f"diffusers-format checkpoint {source}", 1000,
+                               lambda: hub.check_folder(source))
     if name not in _REGISTRY:
         raise ValueError(f"unknown checkpoint {name!r}; allowed: {available()} or 'hub:<folder or hub id>'")
     return _REGISTRY[name]
 
 
+def validate(name: str, device="cpu") -> CheckpointEntry:
+    """Raise ValueError unless ``load(name, device)`` would find its files intact, without loading the network.
+
+    For a "hub:" name: the folder layout, both configs and a safetensors weights file (a hub id is resolved
+    as ``load`` would, through the Hugging Face cache); for shipped weights: the sha256 pin.
+    """
+    resolve_device(device)
+    e = entry(name)
+    e.check()
+    return e
+
+
+def load(name: str, device="cpu") -> Checkpoint:
+    """Load a registered checkpoint, or "hub:<folder or hub id>" for a diffusers UNet, onto ``device``.
+
+    Cached per (name, device) for the process. ``device``: "cpu", "cuda", "cuda:N" (or a torch.device).
+    """
+    return _load(name, resolve_device(device))
+
+
 @lru_cache(maxsize=None)
-def load(name: str) -> Checkpoint:
-    """Load a registered checkpoint, or "hub:<folder or hub id>" for a diffusers UNet (cached per process)."""
-    return entry(name).loader()
+def _load(name: str, device: torch.device) -> Checkpoint:
+    return entry(name).loader(device)
