@@ -1,8 +1,15 @@
-"""Reports: per checkpoint, metric-vs-NFE plots and paper-style tables (Markdown and LaTeX booktabs)."""
+"""Reports: per checkpoint, metric-vs-NFE plots and paper-style tables (Markdown and LaTeX booktabs).
+
+Every file is written inside the output folder: a checkpoint's folder name is the checkpoint name when
+that is a plain file name, else a slug plus a hash of the name (checkpoint names come from results files,
+which anyone can write), and each path is checked with ``Path.resolve`` (a symlink cannot lead out).
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +22,48 @@ LOG_METRICS = {"solver_error_median", "solver_error_mean", "frechet", "fid", "wa
 TABLE_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "nll_bpd")
 PLOT_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "nll_bpd", "wall_clock_s")
 STATUS_MARK = {"unsupported": "n/a", "diverged": "div.", "error": "err"}
+DEFAULT_REPORT_DIR = "reports"  # `bench report` writes to <results>/reports unless --out names another folder
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # used as a folder name as it is
 PAIRED_BASELINE = "ddim"  # paired differences are taken against this sampler, seed by seed
 RESOLVED_P = 0.05         # a paired difference is resolved when a two-sided paired t-test gives p < 0.05
+
+
+def default_out(results_dir: str | Path) -> Path:
+    """The default report folder: inside the results, so a report never overwrites the committed reports/."""
+    return Path(results_dir) / DEFAULT_REPORT_DIR
+
+
+def read_results(results_dir: str | Path) -> pd.DataFrame:
+    """The rows of a results folder; a missing, empty or non-folder path is a ValueError saying what to run."""
+    path = Path(results_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"results {results_dir} is a file, not a results folder (written by `python -m bench run "
+                         f"--results DIR`)")
+    df = ResultsStore(path).read() if path.exists() else pd.DataFrame()
+    if df.empty:
+        raise ValueError(f"no results in {results_dir}; run `python -m bench run --results {results_dir}` first")
+    return df
+
+
+def _safe_name(name: str) -> str:
+    """A file-name token for ``name`` that cannot leave a folder: a [A-Za-z0-9._-] slug + "-" + 10 hex of sha1(name)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip("._-")[:40]
+    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{slug}-{digest}" if slug else digest
+
+
+def checkpoint_folder(name) -> str:
+    """The report folder name of a checkpoint: the name itself when plain (reports/digits), else its safe name."""
+    name = "<NA>" if pd.isna(name) else str(name)
+    return name if PLAIN_NAME.fullmatch(name) else _safe_name(name)
+
+
+def _inside(root: Path, path: Path) -> Path:
+    """``path``, after checking that it resolves (symlinks followed) to a place inside ``root``."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"report file {path} resolves to {path.resolve()}, outside the report folder {root}; "
+                         "remove the link or choose another --out")
+    return path
 
 
 def sampler_labels(df: pd.DataFrame) -> pd.Series:
@@ -200,41 +247,54 @@ def plot_metrics(df: pd.DataFrame, metrics: list[str], title: str, path: Path):
     plt.close(fig)
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write plots and tables for every checkpoint in the results; returns the files written."""
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write plots and tables for every checkpoint in the results; returns the files written.
+
+    Args:
+        results_dir: a results folder written by ``bench run``.
+        out_dir: the report folder (default: ``default_out(results_dir)``); one subfolder per checkpoint,
+            named by ``checkpoint_folder``. Nothing is written outside it.
+    """
+    df = read_results(results_dir)
     store = ResultsStore(results_dir)
-    df = store.read()
-    if df.empty:
-        raise ValueError(f"no results in {results_dir}; run `python -m bench run` first")
-    out_dir, written = Path(out_dir), []
-    for ck, d in df.groupby("checkpoint"):
+    out_dir, written = Path(default_out(results_dir) if out_dir is None else out_dir), []
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"report --out {out_dir} is a file; give a folder (it is created if missing)")
+    folders = {}
+    for ck in df["checkpoint"].unique():
+        name = checkpoint_folder(ck)
+        if name.casefold() in folders:
+            raise ValueError(f"checkpoints {folders[name.casefold()]!r} and {ck!r} would share the report folder "
+                             f"{name}; rename one")
+        folders[name.casefold()] = ck
+    for ck, d in df.groupby("checkpoint", dropna=False):
         d = d.assign(label=sampler_labels(d))
         ok = d[d["status"] == "ok"]
         present = [m for m in PLOT_METRICS if ok[m].notna().any()]
-        folder = out_dir / str(ck)
+        folder = _inside(out_dir, out_dir / checkpoint_folder(ck))
         folder.mkdir(parents=True, exist_ok=True)
         parts = [f"# {ck}\n", f"{len(d)} cells, seeds {sorted(d['seed'].unique().tolist())}, "
                  f"{int(d['n_samples'].iloc[0])} samples per cell. Mean ± std over seeds; best per column in bold; "
                  "n/a = NFE not supported, div. = diverged, err = error.\n", "![metrics](metrics.png)\n"]
         if present:
-            plot_metrics(d, present, str(ck), folder / "metrics.png")
+            plot_metrics(d, present, str(ck), _inside(out_dir, folder / "metrics.png"))
             written.append(folder / "metrics.png")
         for metric in (m for m in TABLE_METRICS if m in present):
             table = metric_table(d, metric)
             for suffix, fmt in ((".md", to_markdown), (".tex", to_latex)):
-                path = folder / f"{metric}{suffix}"
+                path = _inside(out_dir, folder / f"{metric}{suffix}")
                 path.write_text(fmt(*table, metric))
                 written.append(path)
             parts.append(f"## {metric} ({'lower' if METRICS[metric] else 'higher'} is better)\n\n" + to_markdown(*table, metric))
         primary = next((m for m in ("fid", "solver_error_median") if m in present), None)
         paired = paired_table(d, primary) if primary else None
         if paired is not None:
-            (folder / f"{primary}_paired.md").write_text(to_markdown(*paired, primary))
+            _inside(out_dir, folder / f"{primary}_paired.md").write_text(to_markdown(*paired, primary))
             written.append(folder / f"{primary}_paired.md")
             parts.append(f"## {primary}: paired difference to {PAIRED_BASELINE} (same seed, same x_T)\n\n"
                          f"Mean over seeds ± standard error; ✓ = resolved (paired t-test, p < {RESOLVED_P:g}).\n\n"
                          + to_markdown(*paired, primary))
-        if sample_grid(d, store, folder / "samples.png"):
+        if sample_grid(d, store, _inside(out_dir, folder / "samples.png")):
             written.append(folder / "samples.png")
             parts.append("## Samples (first seed; rows samplers, columns NFE)\n\n![samples](samples.png)\n")
         bad = d[d["status"] != "ok"]
@@ -242,6 +302,6 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
             parts.append("## Cells that did not finish ok\n\n| sampler | NFE | seed | status | reason |\n|---|---|---|---|---|\n"
                          + "".join(f"| {r.label} | {r.nfe} | {r.seed} | {r.status} | {str(r.error)[:120]} |\n"
                                    for r in bad.itertuples()))
-        (folder / "README.md").write_text("\n".join(parts))
+        _inside(out_dir, folder / "README.md").write_text("\n".join(parts))
         written.append(folder / "README.md")
     return written
