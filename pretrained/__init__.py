@@ -1,6 +1,8 @@
-"""Checkpoints behind one interface: ``pretrained.load(name)``, ``pretrained.available()``."""
-from .registry import Checkpoint, available, entry, load, register_checkpoint
+"""Checkpoints behind one interface: ``pretrained.load(name, device)``, ``validate``, ``available``, ``safe_name``."""
+from .registry import (Checkpoint, available, entry, load, register_checkpoint, resolve_device, safe_name,
+                       validate)
 from . import analytic  # noqa: F401  (registers gmm-2d, gmm-16d)
 from . import digits  # noqa: F401  (registers digits)
 
-__all__ = ["Checkpoint", "available", "entry", "load", "register_checkpoint"]
+__all__ = ["Checkpoint", "available", "entry", "load", "register_checkpoint", "resolve_device", "safe_name",
+           "validate"]

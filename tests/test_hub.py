@@ -1,4 +1,8 @@
 """pretrained.hub: diffusers-format folders behind the model boundary (offline, tiny random UNet)."""
+import json
+import re
+import shutil
+
 import pytest
 import torch
 
@@ -96,3 +100,134 @@ def test_bench_run_on_a_hub_folder(tmp_path):
     # a random UNet's x0 = (x - sigma eps) / alpha explodes at t = T (alpha = 7e-3): a diverged row, counted
     assert row["checkpoint"] == f"hub:{tmp_path / 'ckpt'}" and row["nfe_counted"] == 3
     assert row["status"] == "diverged" and "max |x|" in row["error"]
+
+
+def _edit_json(path, **changes):
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, **changes}))
+
+
+def _bad_folder(tmp_path, case):
+    """A folder (or path) broken in one way; returns the hub: source to pass."""
+    folder = tmp_path / "ckpt"
+    if case == "empty":
+        folder.mkdir()
+    elif case == "a file":
+        folder.write_text("not a folder")
+    elif case == "pickle only":
+        unet, _ = _save(folder)
+        (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+        torch.save(unet.state_dict(), folder / "unet" / "diffusion_pytorch_model.bin")
+    elif case == "no weights":
+        _save(folder, pipeline_layout=False)
+        (folder / "diffusion_pytorch_model.safetensors").unlink()
+    elif case == "flow-matching scheduler":
+        _save(folder)
+        _edit_json(folder / "scheduler" / "scheduler_config.json", _class_name="FlowMatchEulerDiscreteScheduler")
+    elif case == "not a scheduler":
+        _save(folder)
+        _edit_json(folder / "scheduler" / "scheduler_config.json", _class_name="UNet2DModel")
+    elif case == "bad beta_schedule":
+        _save(folder)
+        _edit_json(folder / "scheduler" / "scheduler_config.json", beta_schedule="quartic")
+    elif case == "config not JSON":
+        _save(folder, pipeline_layout=False)
+        (folder / "config.json").write_text('{"_class_name": "UNet2DModel",')
+    elif case == "conditional UNet":
+        _save(folder)
+        _edit_json(folder / "unet" / "config.json", _class_name="UNet2DConditionModel")
+    elif case == "out_channels":
+        _save(folder)
+        _edit_json(folder / "unet" / "config.json", out_channels=3)
+    elif case == "no scheduler":
+        _save(folder)
+        shutil.rmtree(folder / "scheduler")
+    elif case == "unrelated files":
+        folder.mkdir()
+        (folder / "notes.txt").write_text("hello")
+    return str(folder)
+
+
+BAD_FOLDERS = {  # case: what the one-line message must say (after the path)
+    "empty": r"ckpt: the folder is empty; expected unet/config.json \+ scheduler/scheduler_config.json",
+    "a file": r"ckpt is a file; expected a folder",
+    "pickle only": r"unet: only pickle weights \(diffusion_pytorch_model.bin\).*expected "
+                   r"diffusion_pytorch_model.safetensors",
+    "no weights": r"ckpt: no weights; expected diffusion_pytorch_model.safetensors",
+    "flow-matching scheduler": r"scheduler_config.json: _class_name 'FlowMatchEulerDiscreteScheduler' is not a "
+                               r"diffusers scheduler with DDPM betas; allowed: \[.*'DDPMScheduler'",
+    "not a scheduler": r"scheduler_config.json: _class_name 'UNet2DModel' is not a diffusers scheduler",
+    "bad beta_schedule": r"scheduler_config.json: diffusers cannot build DDPMScheduler from it \(.*quartic",
+    "config not JSON": r"ckpt/config.json: not valid JSON",
+    "conditional UNet": r"unet/config.json: _class_name is 'UNet2DConditionModel'; expected 'UNet2DModel'",
+    "out_channels": r"unet/config.json: out_channels 3 must equal in_channels 1",
+    "no scheduler": r"ckpt: missing scheduler/scheduler_config.json; expected unet/config.json",
+    "unrelated files": r"ckpt: no diffusers UNet here \(found \['notes.txt'\]\); expected",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FOLDERS))
+def test_bad_folders_give_one_line_value_errors(tmp_path, case):
+    source = _bad_folder(tmp_path, case)
+    pretrained.entry(f"hub:{source}")  # cheap: nothing is read yet
+    for attempt in (lambda: pretrained.validate(f"hub:{source}"), lambda: load_diffusers(source)):
+        with pytest.raises(ValueError, match=BAD_FOLDERS[case]) as e:
+            attempt()
+        assert "\n" not in str(e.value) and "download" not in str(e.value)
+
+
+@pytest.mark.parametrize("source, says", [
+    ("./missing", "no such folder"), ("../missing", "no such folder"), ("/nonexistent/x", "no such folder"),
+    ("a/b/c", "no such folder"), ("~/missing-folder-xyz", "no such folder"),
+    ("missing", "neither a folder nor a Hugging Face hub id 'owner/name'"),
+    ("hub:../../etc", "no such folder"), ("owner/../x", "no such folder")])
+def test_missing_local_paths_do_not_suggest_downloading(tmp_path, monkeypatch, source, says):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=re.escape(f"hub:{source}: {says}")) as e:
+        pretrained.validate(f"hub:{source}")
+    msg = str(e.value)
+    assert "\n" not in msg and "download" not in msg.lower() and "expected a folder with unet/config.json" in msg
+
+
+def test_validate_does_not_read_the_weights(tmp_path, monkeypatch):
+    _save(tmp_path)
+    (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    monkeypatch.setattr(diffusers.UNet2DModel, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
+    entry = pretrained.validate(f"hub:{tmp_path}")
+    assert entry.name == f"hub:{tmp_path}"
+    with pytest.raises(ValueError, match="CUDA is not available|unknown device"):
+        pretrained.validate(f"hub:{tmp_path}", device="cuda" if not torch.cuda.is_available() else "tpu")
+
+
+def test_fingerprint_covers_weights_and_both_configs(tmp_path):
+    _save(tmp_path)
+    fp = load_diffusers(str(tmp_path)).fingerprint
+    assert load_diffusers(str(tmp_path)).fingerprint == fp and len(fp) == 64
+    _edit_json(tmp_path / "scheduler" / "scheduler_config.json", beta_end=0.01)  # new betas, same weights
+    fp_sched = load_diffusers(str(tmp_path)).fingerprint
+    _edit_json(tmp_path / "unet" / "config.json", act_fn="silu", norm_eps=1e-6)
+    fp_unet = load_diffusers(str(tmp_path)).fingerprint
+    assert len({fp, fp_sched, fp_unet}) == 3
+
+
+def test_sharded_index_names_must_be_plain_files(tmp_path):
+    _save(tmp_path)
+    unet_dir = tmp_path / "unet"
+    (unet_dir / "diffusion_pytorch_model.safetensors").rename(unet_dir / "part-1.safetensors")
+    index = unet_dir / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"conv_in.weight": "../../outside.safetensors"}}))
+    with pytest.raises(ValueError, match=r"shard '../../outside.safetensors' must be a plain .safetensors file name"):
+        pretrained.validate(f"hub:{tmp_path}")
+    index.write_text(json.dumps({"weight_map": {"conv_in.weight": "part-1.safetensors"}}))
+    pretrained.validate(f"hub:{tmp_path}")
+
+
+def test_cli_reports_a_missing_hub_folder_in_one_line(tmp_path, capsys):
+    from bench.cli import main
+
+    code = main(["run", "--checkpoint", "hub:/nonexistent", "--nfe", "3", "--sampler", "ddim", "--n-samples", "2",
+                 "--seeds", "0", "--results", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: hub:/nonexistent: no such folder") and "\n" not in err
