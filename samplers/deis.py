@@ -6,6 +6,7 @@ import torch
 
 from .grids import T_END, time_grid
 from .registry import register, register_preset
+from .state import on_state
 
 DEIS_METHODS = ("tab", "rhoab")
 DEIS_ORDERS = (0, 1, 2, 3)
@@ -71,16 +72,19 @@ def deis(model, x, nfe, *, noise, method, order, coefficients, grid, t_end):
     ts = time_grid(sch, grid, nfe, t_end)
     alpha = sch.alpha(ts)
     knots = ts if method == "tab" else sch.rho(ts)  # the variable eps is extrapolated in
+    # Row i: alpha_{i+1} c_j of step i for eps_{i-j}, j = 0 .. min(i, order), computed for the whole grid first.
+    c = torch.zeros(nfe, order + 1, dtype=torch.float64)
+    for i in range(nfe):
+        nodes = knots[max(0, i - order): i + 1].flip(0)
+        c[i, :len(nodes)] = alpha[i + 1] * _coefficients(sch, method, coefficients, ts[i], ts[i + 1], nodes)
+    ts, ratio, c = on_state(x, ts, alpha[1:] / alpha[:-1], c)
     eps = []  # eps at t_i, t_{i-1}, ... (newest first)
     for i in range(nfe):
         eps = [model.eps(x, ts[i])] + eps[:order]
-        nodes = knots[i + 1 - len(eps): i + 1].flip(0)
-        c = alpha[i + 1] * _coefficients(sch, method, coefficients, ts[i], ts[i + 1], nodes)
         # x_{i+1} = (alpha_{i+1} / alpha_i) x_i + alpha_{i+1} sum_j c_j eps_{i-j}   (x / alpha = v, dv = eps d rho);
         # c above already holds alpha_{i+1} c_j, so each eps is touched once.
-        x = sum((cj * e for cj, e in zip(c, eps)), (alpha[i + 1] / alpha[i]) * x)
+        x = sum((c[i, j] * e for j, e in enumerate(eps)), ratio[i] * x)
     return x
-
 
 for _order in DEIS_ORDERS[1:]:
     for _method in DEIS_METHODS:

@@ -3,8 +3,13 @@
 Discrete step n (0-based) sits at continuous t_n = (n + 1) / 1000 with alphas_cumprod_n = alpha(t_n)^2,
 so betas_n = 1 - acp_n / acp_{n-1} (acp_{-1} = 1); a scheduler timestep k (possibly fractional) is
 evaluated at t = (k + 1) / 1000. Each name ``diffusers:<ClassName>`` takes the class's own config options
-(its defaults are the class's defaults), except those the model's schedule fixes. diffusers is imported
-only when such a sampler is first used (its import takes seconds).
+(its defaults are the class's defaults), except those the model's schedule fixes; they are checked when the
+sampler is built (ranges, the values diffusers implements, and the scheduler built and its timesteps set once).
+diffusers is imported only when such a sampler is first used (its import takes seconds).
+
+Devices: the solver state stays on x_T's device in x_T's dtype between steps (diffusers casts to float32 inside
+some steps); the scheduler's own tables stay on the CPU in float64, and their 0-d entries scale device tensors.
+diffusers looks its step index up with ``.item()`` on its (CPU) timesteps: host work per step, not ours to change.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from unittest import mock
 
 import torch
 
-from .registry import UnsupportedNFE, register, register_lazy
+from .registry import Interval, UnsupportedNFE, register, register_lazy
 from .schedules import VPDiscrete
 
 N_TRAIN = 1000
@@ -34,6 +39,28 @@ _PROBE = VPDiscrete.linear()  # any schedule: it fixes the step count search onl
 # diffusers itself switches lower_order_final on whenever final_sigmas_type="zero": make that the default.
 DEFAULT_OVERRIDES = {"DPMSolverSinglestepScheduler": {"lower_order_final": True}}
 SNAP_RTOL = 1e-5  # a float32 sigma within this of a float64 one is that one
+PROBE_STEPS = 10  # when a sampler is built, set_timesteps must succeed for one of 1 .. PROBE_STEPS steps
+# Numeric options: the range each is meaningful in (diffusers checks none of them). An unlisted one (a newer diffusers)
+# must be finite; tests list the installed version's options.
+OPTION_BOUNDS = {"steps_offset": Interval(0, N_TRAIN - 1), "dynamic_thresholding_ratio": Interval(0.0, 1.0, "right"),
+                 "sample_max_value": Interval(0.0, None, "neither"), "clip_sample_range": Interval(0.0, None, "neither")}
+# solver_order: diffusers' multistep DPM-Solver and DEIS run any order > 3 as order 3; UniPC takes any order.
+SOLVER_ORDER = {"DPMSolverMultistepScheduler": Interval(1, 3), "DPMSolverSinglestepScheduler": Interval(1, 3),
+                "DEISMultistepScheduler": Interval(1, 3), "UniPCMultistepScheduler": Interval(1, None)}
+# String options: the values diffusers implements for this adapter; other values raise only in step(), or are
+# remapped silently (DEIS algorithm_type "dpmsolver" -> "deis"), or ignored (timestep_type "continuous" acts on
+# v-prediction only; variance_type "learned*" needs a variance output the adapter's eps model has not).
+OPTION_CHOICES = {"timestep_spacing": ("linspace", "leading", "trailing"), "final_sigmas_type": ("zero", "sigma_min"),
+                  "interpolation_type": ("linear", "log_linear"), "timestep_type": ("discrete",),
+                  "variance_type": ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")}
+CLASS_CHOICES = {
+    "DPMSolverMultistepScheduler": {"algorithm_type": ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"),
+                                    "solver_type": ("midpoint", "heun")},
+    "DPMSolverSinglestepScheduler": {"algorithm_type": ("dpmsolver", "dpmsolver++", "sde-dpmsolver++"),
+                                     "solver_type": ("midpoint", "heun")},
+    "DEISMultistepScheduler": {"algorithm_type": ("deis",), "solver_type": ("logrho",)},
+    "UniPCMultistepScheduler": {"solver_type": ("bh1", "bh2")},
+}
 _TABLES = ("betas", "alphas", "alphas_cumprod", "alpha_t", "sigma_t", "lambda_t", "final_alpha_cumprod")
 
 
@@ -154,13 +181,13 @@ def _noise_patch(sch, noise):
         z = noise.randn()
         if tuple(z.shape) != tuple(shape):
             raise ValueError(f"noise draws {tuple(z.shape)}, the scheduler needs {tuple(shape)}")
-        return z.to(dtype or torch.float64)
+        return z.to(dtype or z.dtype)
 
     return mock.patch.object(sys.modules[type(sch).__module__], "randn_tensor", draw)
 
 
 def _sample(model, x, nfe, *, noise, cls_name, stochastic, **options):
-    """Run diffusers' own loop (scale_model_input, model, step) with exactly nfe model calls, state in float64."""
+    """Run diffusers' own loop (scale_model_input, model, step) with exactly nfe model calls; returns x's dtype."""
     vp = model.schedule
     steps = _steps_for(cls_name, tuple(sorted(options.items())), nfe)
     sch = _build(cls_name, vp, options)
@@ -173,7 +200,8 @@ def _sample(model, x, nfe, *, noise, cls_name, stochastic, **options):
             eps = model.eps(sch.scale_model_input(sample, k), _t(k))
             sample = sch.step(eps, k, sample).prev_sample
     # Back to x at the final noise level (sigma_last = 0 means t = 0, x = x0).
-    return sample / (sch.sigmas[-1] ** 2 + 1.0).sqrt() if ve else sample
+    out = sample / (sch.sigmas[-1] ** 2 + 1.0).sqrt() if ve else sample
+    return out.to(x.dtype)
 
 
 def _stochastic(cls_name: str):
@@ -190,16 +218,45 @@ def _check(cls_name: str):
     return check_nfe
 
 
+def _validator(cls_name: str):
+    """validate(**options): the scheduler builds with them, keeps them, and sets its timesteps for some step count."""
+    def validate(**options):
+        sch = _build(cls_name, _PROBE, options)
+        changed = {k: sch.config.get(k) for k, v in options.items() if sch.config.get(k) != v}
+        if changed:
+            raise ValueError(f"diffusers:{cls_name} would run with {changed} instead of "
+                             f"{ {k: options[k] for k in changed} }")
+        error = None
+        for steps in range(1, PROBE_STEPS + 1):
+            try:
+                _set_timesteps(_build(cls_name, _PROBE, options), steps, _PROBE)
+                return
+            except ValueError as e:
+                error = e
+        raise ValueError(f"diffusers:{cls_name} with {options}: {error}")
+    return validate
+
+
+def _limits(cls_name: str, defaults: dict) -> tuple[dict, dict]:
+    """(choices, bounds) of the class's options: the tables above; any other number must be finite."""
+    choices = {k: v for k, v in {**OPTION_CHOICES, **CLASS_CHOICES.get(cls_name, {})}.items() if k in defaults}
+    numbers = [k for k, v in defaults.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    bounds = {**OPTION_BOUNDS, "solver_order": SOLVER_ORDER.get(cls_name, Interval())}
+    return choices, {k: bounds.get(k, Interval()) for k in numbers if k not in choices}
+
+
 def _loader(cls_name: str):
     def load():
         stochastic = _stochastic(cls_name)
 
         def fn(model, x, nfe, *, noise, **options):
-            return _sample(model, x.to(torch.float64), nfe, noise=noise, cls_name=cls_name, stochastic=stochastic,
-                           **options)
+            return _sample(model, x, nfe, noise=noise, cls_name=cls_name, stochastic=stochastic, **options)
 
-        register(f"diffusers:{cls_name}", defaults=default_options(cls_name), check_nfe=_check(cls_name),
-                 stochastic=stochastic, in_default_sweep=False,
+        defaults = default_options(cls_name)
+        choices, bounds = _limits(cls_name, defaults)
+        register(f"diffusers:{cls_name}", defaults=defaults, choices=choices, bounds=bounds,
+                 validate=_validator(cls_name), check_nfe=_check(cls_name), stochastic=stochastic,
+                 in_default_sweep=False,
                  description=f"diffusers {cls_name} over a 1000-step discrete view of the model's schedule")(fn)
     return load
 

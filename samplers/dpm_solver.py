@@ -14,13 +14,15 @@ from functools import partial
 
 import torch
 
-from .grids import T_END, time_grid
-from .registry import UnsupportedNFE, register, register_preset
+from .grids import T_END, T_MAX, time_grid
+from .registry import Interval, UnsupportedNFE, register, register_preset
+from .state import on_state
 
 METHODS = ("singlestep", "singlestep_fixed", "multistep")
 SOLVER_TYPES = ("dpmsolver", "taylor")
 THRESHOLDING = ("none", "dynamic", "clip")
 LOWER_ORDER_FINAL_MAX_STEPS = 10  # reference code: lower final orders only when steps < 10 (its docstring says 15)
+POSITIVE = Interval(0.0, None, "neither")
 
 
 def _coefs(sch, data, s, t):
@@ -35,30 +37,43 @@ def _coefs(sch, data, s, t):
     return r, c, h, (phi_1, phi_2, phi_2 / z - 0.5)
 
 
-def _singlestep_update(pred, sch, data, x, s, t, mids, solver_type, ms=()):
-    """Singlestep DPM-Solver-k, k = len(mids) + 1 (2022a Alg. 1/2; 2022b Alg. 1); mids are the intermediate times.
+def _singlestep_tables(sch, data, s, t, mids):
+    """Coefficients of singlestep DPM-Solver steps s -> t (K steps; mids (K, 2) padded with t), float64.
 
-    ``ms`` are model values already known at s (and mids[0]); returns x_t and the values at s, mids.
+    Returns times (K, 3) = (s, s1, s2); r (K, 2) = (lambda_{s_i} - lambda_s) / h; co (K, 3, 5) = (R, C, phi_1, phi_2,
+    phi_3) of the steps s -> s1, s -> s2, s -> t.
     """
-    ms = list(ms)
     lam_s = sch.lambda_(s)
     h = sch.lambda_(t) - lam_s
-    r = [(sch.lambda_(u) - lam_s) / h for u in mids]
+    r = (sch.lambda_(mids) - lam_s[:, None]) / h[:, None]
+    co = []
+    for u in (mids[:, 0], mids[:, 1], t):
+        R, C, _, phis = _coefs(sch, data, s, u)
+        co.append(torch.stack([R, C, *phis], dim=-1))
+    return torch.cat([s[:, None], mids], dim=1), r, torch.stack(co, dim=1)
+
+
+def _singlestep_update(pred, x, times, r, co, order, solver_type, ms=()):
+    """Singlestep DPM-Solver-k (2022a Alg. 1/2; 2022b Alg. 1) with one row of ``_singlestep_tables``.
+
+    ``ms`` are model values already known at s (and s1); returns x_t and the values at s, s1, ...
+    """
+    ms = list(ms)
     if not ms:
-        ms.append(pred(x, s))
+        ms.append(pred(x, times[0]))
     m0 = ms[0]
-    if mids and len(ms) < 2:
+    if order >= 2 and len(ms) < 2:
         # x_{s1} by DPM-Solver-1 from s.
-        R, C, _, (p1, _, _) = _coefs(sch, data, s, mids[0])
-        ms.append(pred(R * x - C * p1 * m0, mids[0]))
-    if len(mids) == 2 and len(ms) < 3:
+        R, C, p1, _, _ = co[0]
+        ms.append(pred(R * x - C * p1 * m0, times[1]))
+    if order == 3 and len(ms) < 3:
         # x_{s2} by a second-order Taylor step from s, slope (m1 - m0) / r1.
-        R, C, _, (p1, p2, _) = _coefs(sch, data, s, mids[1])
-        ms.append(pred(R * x - C * (p1 * m0 + (r[1] / r[0]) * p2 * (ms[1] - m0)), mids[1]))
-    R, C, _, (p1, p2, p3) = _coefs(sch, data, s, t)
-    if not mids:
+        R, C, p1, p2, _ = co[1]
+        ms.append(pred(R * x - C * (p1 * m0 + (r[1] / r[0]) * p2 * (ms[1] - m0)), times[2]))
+    R, C, p1, p2, p3 = co[2]
+    if order == 1:
         corr = 0.0
-    elif len(mids) == 1:
+    elif order == 2:
         d1 = (ms[1] - m0) / r[0]
         corr = 0.5 * p1 * d1 if solver_type == "dpmsolver" else p2 * d1
     elif solver_type == "dpmsolver":
@@ -72,32 +87,25 @@ def _singlestep_update(pred, sch, data, x, s, t, mids, solver_type, ms=()):
     return R * x - C * (p1 * m0 + corr), ms
 
 
-def _multistep_update(x, ms, lam, R, C, h, phis, order, solver_type):
-    """Multistep DPM-Solver-k to the next time using past values ms at lambdas lam (2022b Alg. 2 and its order-3 form).
-
-    R, C, h, phis are this step's coefficients (``_coefs``); D1, D2 are folded into weights of the past values
-    first, so the big tensors are touched once per term: x_t = R x - C sum_j w_j m_{-1-j}.
+def _multistep_weights(lam, h, phis, order, solver_type):
+    """Multistep DPM-Solver-k weights of the past values m_{-1}, m_{-2}, .. at lambdas lam (2022b Alg. 2 and its
+    order-3 form): D1, D2 are folded into them, so x_t = R x - C sum_j w_j m_{-1-j} touches each tensor once.
     """
     p1, p2, p3 = phis
     if order == 1:
-        w = [p1]
-    elif order == 2:
+        return [p1]
+    if order == 2:
         # D1 = (m_{-1} - m_{-2}) / r0, r0 = (lambda_{-1} - lambda_{-2}) / h; phi_1 m_{-1} + k D1, k = phi_1 / 2 or phi_2.
         r0 = (lam[-1] - lam[-2]) / h
         k = 0.5 * p1 if solver_type == "dpmsolver" else p2
-        w = [p1 + k / r0, -k / r0]
-    else:
-        # Order 3 (both solver types): d1_0 = (m_{-1} - m_{-2}) / r0, d1_1 = (m_{-2} - m_{-3}) / r1,
-        # D1 = d1_0 + r0 / (r0 + r1) (d1_0 - d1_1), D2 = (d1_0 - d1_1) / (r0 + r1),
-        # so phi_2 D1 + phi_3 D2 = u d1_0 - v d1_1 with v = (phi_2 r0 + phi_3) / (r0 + r1), u = phi_2 + v.
-        r0, r1 = (lam[2] - lam[1]) / h, (lam[1] - lam[0]) / h
-        v = (p2 * r0 + p3) / (r0 + r1)
-        u = p2 + v
-        w = [p1 + u / r0, -u / r0 - v / r1, v / r1]
-    x = R * x
-    for wj, m in zip(w, reversed(ms)):
-        x = x - (C * wj) * m
-    return x
+        return [p1 + k / r0, -k / r0]
+    # Order 3 (both solver types): d1_0 = (m_{-1} - m_{-2}) / r0, d1_1 = (m_{-2} - m_{-3}) / r1,
+    # D1 = d1_0 + r0 / (r0 + r1) (d1_0 - d1_1), D2 = (d1_0 - d1_1) / (r0 + r1),
+    # so phi_2 D1 + phi_3 D2 = u d1_0 - v d1_1 with v = (phi_2 r0 + phi_3) / (r0 + r1), u = phi_2 + v.
+    r0, r1 = (lam[2] - lam[1]) / h, (lam[1] - lam[0]) / h
+    v = (p2 * r0 + p3) / (r0 + r1)
+    u = p2 + v
+    return [p1 + u / r0, -u / r0 - v / r1, v / r1]
 
 
 def _predictor(model, data, thresholding="none", threshold_ratio=0.995, threshold_max=1.0):
@@ -139,30 +147,37 @@ def _singlestep_plan(sch, nfe, order, method, grid, t_end):
 def _sample(model, x, nfe, *, noise, data, order, method, solver_type, lower_order_final, grid, t_end,
             thresholding="none", threshold_ratio=0.995, threshold_max=1.0):
     """DPM-Solver (data=False) / DPM-Solver++ (data=True), singlestep or multistep, spending exactly nfe."""
-    if not (0.0 < threshold_ratio <= 1.0 and threshold_max > 0.0):
-        raise ValueError(f"dpm_solver++: need 0 < threshold_ratio <= 1 and threshold_max > 0, "
-                         f"got {threshold_ratio}, {threshold_max}")
     sch = model.schedule
     pred = _predictor(model, data, thresholding, threshold_ratio, threshold_max)
     if method != "multistep":
         ts, orders = _singlestep_plan(sch, nfe, order, method, grid, t_end)
-        for s, t, k in zip(ts[:-1], ts[1:], orders):
-            # Intermediate points follow the same grid between s and t.
-            mids = time_grid(sch, grid, k, float(t), float(s))[1:-1]
-            x, _ = _singlestep_update(pred, sch, data, x, s, t, list(mids), solver_type)
+        # Intermediate points follow the same grid between s and t (padded with t up to two).
+        mids = torch.stack([torch.cat([time_grid(sch, grid, k, float(t), float(s))[1:-1], t.repeat(3 - k)])
+                            for s, t, k in zip(ts[:-1], ts[1:], orders)])
+        times, r, co = on_state(x, *_singlestep_tables(sch, data, ts[:-1], ts[1:], mids))
+        for j, k in enumerate(orders):
+            x, _ = _singlestep_update(pred, x, times[j], r[j], co[j], k, solver_type)
         return x
     ts = time_grid(sch, grid, nfe, t_end)
-    # Schedule values for the whole grid at once: lambda_i and the coefficients of every step i-1 -> i.
+    # Schedule values for the whole grid at once: lambda_i and the coefficients of every step i-1 -> i; row i - 1
+    # of w holds C_i times the weights of step i - 1 -> i, for the past values newest first.
     lam = sch.lambda_(ts)
     R, C, h, phis = _coefs(sch, data, ts[:-1], ts[1:])
-    ms = [pred(x, ts[0])]  # model values at the last `order` grid points, newest last
+    orders, w = [], torch.zeros(nfe, order, dtype=torch.float64)
     for i in range(1, nfe + 1):
         # Warm-up with order i; optionally lower the final orders on short runs.
         k = min(i, order)
         if lower_order_final and nfe < LOWER_ORDER_FINAL_MAX_STEPS:
             k = min(k, nfe + 1 - i)
-        x = _multistep_update(x, ms[-k:], lam[i - k:i], R[i - 1], C[i - 1], h[i - 1], [p[i - 1] for p in phis],
-                              k, solver_type)
+        orders.append(k)
+        w[i - 1, :k] = C[i - 1] * torch.stack(_multistep_weights(lam[i - k:i], h[i - 1], [p[i - 1] for p in phis],
+                                                                k, solver_type))
+    ts, R, w = on_state(x, ts, R, w)
+    ms = [pred(x, ts[0])]  # model values at the last `order` grid points, newest last
+    for i, k in enumerate(orders, start=1):
+        x = R[i - 1] * x
+        for j in range(k):
+            x = x - w[i - 1, j] * ms[-1 - j]
         if i < nfe:  # the model is never evaluated at the last grid point
             ms = (ms + [pred(x, ts[i])])[-order:]
     return x
@@ -186,7 +201,9 @@ register("dpm_solver", defaults=_COMMON, choices=_CHOICES, check_nfe=_check_nfe,
 register("dpm_solver++",
          defaults={**_COMMON, "order": 2, "method": "multistep", "thresholding": "none", "threshold_ratio": 0.995,
                    "threshold_max": 1.0},
-         choices={**_CHOICES, "thresholding": THRESHOLDING}, check_nfe=_check_nfe, in_default_sweep=False,
+         choices={**_CHOICES, "thresholding": THRESHOLDING},
+         bounds={"threshold_ratio": Interval(0.0, 1.0, "right"), "threshold_max": POSITIVE},
+         check_nfe=_check_nfe, in_default_sweep=False,
          description="DPM-Solver++ (Lu et al. 2022b), data prediction with optional thresholding of x0; "
                      "lower_order_final acts on multistep only")(partial(_sample, data=True))
 
@@ -195,15 +212,18 @@ register("dpm_solver++",
           defaults={"order": 3, "prediction": "noise", "solver_type": "dpmsolver", "atol": 0.0078, "rtol": 0.05,
                     "h_init": 0.05, "theta": 0.9, "t_err": 1e-5, "t_end": T_END},
           choices={"order": (2, 3), "prediction": ("noise", "data"), "solver_type": SOLVER_TYPES},
+          bounds={"atol": POSITIVE, "rtol": POSITIVE, "h_init": POSITIVE, "theta": Interval(0.0, 1.0, "right"),
+                  "t_err": Interval(0.0, T_MAX, "neither")},
           adaptive=True, in_default_sweep=False,
           description="adaptive DPM-Solver-12 / -23 (Lu et al. 2022a Alg. 4); NFE counts rejected steps; "
                       "one step size for the whole batch, as the reference")
 def dpm_solver_adaptive(model, x, nfe, *, noise, order, prediction, solver_type, atol, rtol, h_init, theta, t_err,
                         t_end):
-    """DPM-Solver-12 (order 2) / -23 (order 3), Lu et al. 2022a Alg. 4: embedded pair, error control in lambda."""
-    if min(atol, rtol) < 0 or max(atol, rtol) <= 0 or h_init <= 0 or not 0 < theta <= 1 or t_err <= 0:
-        raise ValueError("dpm_solver_adaptive: need atol, rtol >= 0 (not both 0), h_init > 0, 0 < theta <= 1, "
-                         f"t_err > 0; got {atol}, {rtol}, {h_init}, {theta}, {t_err}")
+    """DPM-Solver-12 (order 2) / -23 (order 3), Lu et al. 2022a Alg. 4: embedded pair, error control in lambda.
+
+    Step control runs on the host in float64: each try reads its error estimate back from the device (one sync per
+    try, which accepting or rejecting needs) and sends the next step's coefficients there (one copy).
+    """
     sch, data = model.schedule, prediction == "data"
     if not 0 < t_end < sch.T:
         raise ValueError(f"dpm_solver_adaptive: need 0 < t_end < T={sch.T}, got {t_end}")
@@ -214,13 +234,15 @@ def dpm_solver_adaptive(model, x, nfe, *, noise, order, prediction, solver_type,
     h, x_prev = torch.tensor(h_init, dtype=torch.float64), x
     while torch.abs(s - t_end) > t_err:
         t = sch.inverse_lambda(lam_s + h)
-        mids = [sch.inverse_lambda(lam_s + ri * h) for ri in r]
+        mids = torch.stack([sch.inverse_lambda(lam_s + ri * h) for ri in r] + [t] * (3 - order))
+        times, rr, co = on_state(x, *_singlestep_tables(sch, data, s[None], t[None], mids[None]))
         # Lower order (k - 1) and higher order (k) share the model values at s and s1.
-        x_lo, ms = _singlestep_update(pred, sch, data, x, s, t, mids[:-1], solver_type)
-        x_hi, _ = _singlestep_update(pred, sch, data, x, s, t, mids, solver_type, ms)
+        x_lo, ms = _singlestep_update(pred, x, times[0], rr[0], co[0], order - 1, solver_type)
+        x_hi, _ = _singlestep_update(pred, x, times[0], rr[0], co[0], order, solver_type, ms)
         # E = max over the batch of the RMS of (x_hi - x_lo) / max(atol, rtol max(|x_lo|, |x_prev|)).
         delta = torch.clamp(rtol * torch.maximum(x_lo.abs(), x_prev.abs()), min=atol)
         err = ((x_hi - x_lo) / delta).reshape(x.shape[0], -1).square().mean(-1).sqrt().max()
+        err = err.to("cpu", torch.float64)  # the one host sync per try
         if not torch.isfinite(err):
             return x_hi  # diverged: returned as is
         if err <= 1.0:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .grids import T_END, time_grid
 from .registry import UnsupportedNFE, register
+from .state import on_state
 
 EULER_SPACES = ("t", "rho")
 
@@ -14,15 +15,16 @@ def euler(model, x, nfe, *, noise, space, grid, t_end):
     """Explicit Euler; space='t' integrates dx/dt = f x + g^2 eps / (2 sigma), 'rho' is EDM's Euler (= DDIM)."""
     sch = model.schedule
     ts = time_grid(sch, grid, nfe, t_end)
-    (f, g2), sigma, alpha, rho = sch.drift_diffusion(ts), sch.sigma(ts), sch.alpha(ts), sch.rho(ts)
+    if space == "t":
+        (f, g2), sigma, h = sch.drift_diffusion(ts), sch.sigma(ts), ts[1:] - ts[:-1]
+        c_x, c_eps = 1.0 + h * f[:-1], h * 0.5 * g2[:-1] / sigma[:-1]
+    else:
+        # d(x/alpha)/d rho = eps, rho = sigma / alpha.
+        alpha, rho = sch.alpha(ts), sch.rho(ts)
+        c_x, c_eps = alpha[1:] / alpha[:-1], alpha[1:] * (rho[1:] - rho[:-1])
+    ts, c_x, c_eps = on_state(x, ts, c_x, c_eps)
     for i in range(nfe):
-        eps = model.eps(x, ts[i])
-        if space == "t":
-            h = ts[i + 1] - ts[i]
-            x = (1.0 + h * f[i]) * x + (h * 0.5 * g2[i] / sigma[i]) * eps
-        else:
-            # d(x/alpha)/d rho = eps, rho = sigma / alpha.
-            x = (alpha[i + 1] / alpha[i]) * x + (alpha[i + 1] * (rho[i + 1] - rho[i])) * eps
+        x = c_x[i] * x + c_eps[i] * model.eps(x, ts[i])
     return x
 
 
@@ -41,16 +43,16 @@ def heun(model, x, nfe, *, noise, final_euler, grid, t_end):
     steps = (nfe + 1) // 2 if final_euler else nfe // 2
     ts = time_grid(sch, grid, steps, t_end)
     alpha, rho = sch.alpha(ts), sch.rho(ts)
+    ts, alpha, h = on_state(x, ts, alpha, rho[1:] - rho[:-1])
     xb = x / alpha[0]  # x-bar = x / alpha: the ODE is d x-bar / d rho = eps
     for i in range(steps):
-        h = rho[i + 1] - rho[i]
         d = model.eps(xb * alpha[i], ts[i])
         # Euler step.
-        x_next = xb + h * d
+        x_next = xb + h[i] * d
         if final_euler and i == steps - 1:
             xb = x_next
             break
         # Apply 2nd order correction.
         d_next = model.eps(x_next * alpha[i + 1], ts[i + 1])
-        xb = xb + (0.5 * h) * (d + d_next)
+        xb = xb + (0.5 * h[i]) * (d + d_next)
     return xb * alpha[-1]

@@ -13,6 +13,7 @@ import torch
 from .schedules import NoiseSchedule
 
 T_END = 1e-3  # default end of integration (DPM-Solver's eps for continuous VP models)
+T_MAX = 1.0   # the largest schedule end T (VPLinear, VPDiscrete); options are checked against it when built
 KARRAS_RHO = 7.0
 
 GridFn = Callable[[NoiseSchedule, int, float, float], torch.Tensor]

@@ -2,6 +2,8 @@
 
 Draws depend only on the sample index, never on the batch it sits in or on the process that
 computes it (EDM's convention), so results are invariant to batch size and to torchrun sharding.
+Every draw is made on the CPU in float64 and then moved to the requested device and dtype, so the
+numbers are bit-identical on every device.
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from .state import to_device
 
 STREAM_X_T = 0       # the initial noise x_T
 STREAM_SAMPLER = 1   # noise a stochastic sampler draws along the way
@@ -20,21 +24,35 @@ def _generator(seed: int, index: int, stream: int) -> torch.Generator:
 
 
 class SampleNoise:
-    """Standard normal draws of shape (len(indices), *shape), one independent stream per index."""
+    """Standard normal draws of shape (len(indices), *shape), one independent stream per index.
+
+    Draws come from CPU generators (float64) and are moved to ``device`` (default CPU) in ``dtype``.
+    """
 
     def __init__(self, seed: int, indices: Sequence[int], shape: Sequence[int], stream: int = STREAM_SAMPLER,
-                 dtype=torch.float64):
-        self.shape, self.dtype = tuple(shape), dtype
+                 dtype=torch.float64, device=None):
+        self.shape, self.dtype, self.device = tuple(shape), dtype, torch.device(device or "cpu")
         self._gens = [_generator(seed, i, stream) for i in indices]
 
     def randn(self) -> torch.Tensor:
         """The next draw of every stream, stacked along the batch dimension."""
-        return torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float64) for g in self._gens]).to(self.dtype)
+        z = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float64) for g in self._gens])
+        return to_device(z, self.device, self.dtype)
+
+    def like(self, x: torch.Tensor) -> "SampleNoise":
+        """The same streams (shared, not copied) drawn on x's device in x's dtype; ValueError unless they fit x."""
+        if len(self) != x.shape[0] or self.shape != tuple(x.shape[1:]):
+            raise ValueError(f"noise has {len(self)} streams of shape {self.shape}, x_T is {tuple(x.shape)}: "
+                             "make SampleNoise with x_T's sample indices and sample shape")
+        out = object.__new__(SampleNoise)
+        out.shape, out.dtype, out.device, out._gens = self.shape, x.dtype, x.device, self._gens
+        return out
 
     def __len__(self):
         return len(self._gens)
 
 
-def initial_noise(seed: int, indices: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
-    """x_T ~ N(0, I) for the given sample indices (float64), independent of batching."""
-    return SampleNoise(seed, indices, shape, stream=STREAM_X_T).randn()
+def initial_noise(seed: int, indices: Sequence[int], shape: Sequence[int], *, device=None,
+                  dtype=torch.float64) -> torch.Tensor:
+    """x_T ~ N(0, I) for the given sample indices, independent of batching; drawn on the CPU, then moved to device."""
+    return SampleNoise(seed, indices, shape, stream=STREAM_X_T, dtype=dtype, device=device).randn()

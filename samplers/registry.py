@@ -2,12 +2,15 @@
 
 A sampler is a pure function ``fn(model, x_T, nfe, *, noise, **options) -> x_0`` plus a frozen set
 of options (STYLE principle 7). Names are validated when registered (duplicates raise); options are
-validated when a sampler is built (unknown names or values raise ``ValueError`` naming the allowed
-ones); an NFE budget a sampler cannot spend exactly raises ``UnsupportedNFE``, never a silent change.
+validated when a sampler is built (unknown names, wrong types, values outside their choices or range
+raise ``ValueError`` naming the allowed ones), never halfway through a sweep; an NFE budget a sampler
+cannot spend exactly raises ``UnsupportedNFE``, never a silent change; a budget above ``MAX_NFE`` is a
+user error (``validate_nfe``).
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -15,6 +18,50 @@ from typing import Any, Callable, Mapping
 import torch
 
 from . import grids
+from .state import check_state
+
+MAX_NFE = 1000  # larger budgets are refused unless asked for (``validate_nfe(..., allow_large=True)``)
+CLOSED = ("both", "left", "right", "neither")
+
+
+def validate_nfe(nfe, allow_large: bool = False) -> None:
+    """ValueError unless ``nfe`` is an integer in [1, MAX_NFE] (above MAX_NFE only with ``allow_large``)."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int):
+        raise ValueError(f"NFE must be an integer, got {nfe!r}")
+    if nfe < 1:
+        raise ValueError(f"NFE must be >= 1, got {nfe}")
+    if nfe > MAX_NFE and not allow_large:
+        raise ValueError(f"NFE {nfe} exceeds the cap of {MAX_NFE}; pass --allow-large-nfe to run it")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The values a numeric option may take: from lo to hi (None: unbounded), ends ``closed`` as pandas.Interval."""
+
+    lo: float | None = None
+    hi: float | None = None
+    closed: str = "both"
+
+    def __post_init__(self):
+        if self.closed not in CLOSED:
+            raise ValueError(f"Interval closed={self.closed!r}; allowed: {list(CLOSED)}")
+
+    def __contains__(self, v) -> bool:
+        if not math.isfinite(v):
+            return False
+        lo_ok = self.lo is None or (v >= self.lo if self.closed in ("both", "left") else v > self.lo)
+        hi_ok = self.hi is None or (v <= self.hi if self.closed in ("both", "right") else v < self.hi)
+        return lo_ok and hi_ok
+
+    def __str__(self) -> str:
+        left = "[" if self.lo is not None and self.closed in ("both", "left") else "("
+        right = "]" if self.hi is not None and self.closed in ("both", "right") else ")"
+        return f"{left}{'-inf' if self.lo is None else self.lo}, {'inf' if self.hi is None else self.hi}{right}"
+
+
+# t_end is checked at build time against the largest schedule end T_MAX (the model's T is not known then);
+# the time grid checks it again against the model's schedule (VPCosine ends at T = 0.9946).
+T_END_RANGE = Interval(0.0, grids.T_MAX, "neither")
 
 
 class UnsupportedNFE(ValueError):
@@ -34,6 +81,8 @@ class SamplerSpec:
     fn: Callable
     defaults: Mapping[str, Any]
     choices: Mapping[str, tuple]
+    bounds: Mapping[str, Interval]
+    validate: Callable[..., None] | None
     check_nfe: Callable[..., None]
     stochastic: bool | Callable[..., bool]
     description: str
@@ -48,23 +97,36 @@ _LAZY: dict[str, Callable[[], None]] = {}  # name -> registers it on first use (
 
 
 def register(name: str, *, defaults: Mapping[str, Any], choices: Mapping[str, tuple] | None = None,
+             bounds: Mapping[str, Interval] | None = None, validate: Callable[..., None] | None = None,
              check_nfe: Callable[..., None] = _any_nfe, stochastic: bool | Callable[..., bool] = False, description: str = "",
              in_default_sweep: bool = True, adaptive: bool = False):
     """Decorator registering ``fn(model, x_T, nfe, *, noise, **options)`` under ``name``.
 
     ``defaults`` lists every option with its default value; ``choices`` restricts an option to a
     tuple of values (an option "grid" is restricted to the grid registry unless given). Other
-    options must match the type of their default. ``stochastic`` is a bool or a function of the
+    options must match the type of their default; floats must be finite. Every numeric option
+    without choices needs an ``Interval`` in ``bounds`` (an option "t_end" gets ``T_END_RANGE`` unless
+    given). ``validate(**options)``, if given, checks the options together and raises ValueError. All
+    of this runs when a sampler is built. ``stochastic`` is a bool or a function of the
     options (e.g. DDIM draws noise only when eta > 0). An ``adaptive`` sampler chooses its own
     steps from tolerances: it is called with ``nfe=None`` and its NFE is what the count says.
     """
     def deco(fn):
-        ch = dict(choices or {})
+        ch, bd = dict(choices or {}), dict(bounds or {})
         if "grid" in defaults and "grid" not in ch:
             ch["grid"] = tuple(grids.available())
-        _add(SamplerSpec(name, fn, MappingProxyType(dict(defaults)), MappingProxyType(ch), check_nfe,
-                         stochastic, description or (fn.__doc__ or name).strip().splitlines()[0], in_default_sweep,
-                         adaptive))
+        if "t_end" in defaults and "t_end" not in bd:
+            bd["t_end"] = T_END_RANGE
+        unknown = sorted((set(ch) | set(bd)) - set(defaults))
+        unbounded = sorted(k for k, v in defaults.items() if _is_number(v) and k not in ch and k not in bd)
+        if unknown or unbounded:
+            raise ValueError(f"sampler {name!r}: choices/bounds for unknown options {unknown}; "
+                             f"numeric options without choices or bounds: {unbounded}")
+        spec = SamplerSpec(name, fn, MappingProxyType(dict(defaults)), MappingProxyType(ch), MappingProxyType(bd),
+                           validate, check_nfe, stochastic,
+                           description or (fn.__doc__ or name).strip().splitlines()[0], in_default_sweep, adaptive)
+        _validate(spec, defaults)  # the defaults themselves must be allowed
+        _add(spec)
         return fn
     return deco
 
@@ -80,7 +142,8 @@ def register_preset(name: str, base: str, *, description: str = "", in_default_s
     """Register ``name`` as ``base`` with some options fixed (e.g. DPM-Solver++(2M) = method, order)."""
     spec = _spec(base)
     _validate(spec, fixed)
-    _add(SamplerSpec(name, spec.fn, spec.defaults, spec.choices, spec.check_nfe, spec.stochastic,
+    _add(SamplerSpec(name, spec.fn, spec.defaults, spec.choices, spec.bounds, spec.validate, spec.check_nfe,
+                     spec.stochastic,
                      description or spec.description, in_default_sweep, spec.adaptive, base=base,
                      fixed=MappingProxyType(dict(fixed))))
 
@@ -111,13 +174,21 @@ def _validate(spec: SamplerSpec, options: Mapping[str, Any]) -> dict:
                 raise ValueError(f"sampler {spec.name!r}: {key}={value!r} is not allowed; allowed: {list(spec.choices[key])}")
         else:
             value = _coerce(spec.name, key, value, spec.defaults[key])
+            if key in spec.bounds and value not in spec.bounds[key]:
+                raise ValueError(f"sampler {spec.name!r}: {key}={value!r} is out of range; allowed: {spec.bounds[key]}")
         out[key] = value
     return out
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _coerce(sampler: str, key: str, value, default):
-    """Check ``value`` against the type of the option's default (ints are accepted for floats)."""
-    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Check ``value`` against the type of the option's default (ints are accepted for floats; floats are finite)."""
+    is_num = _is_number(value)
+    if is_num and not math.isfinite(value):
+        raise ValueError(f"sampler {sampler!r}: option {key}={value!r} must be a finite number")
     if default is None:
         return value
     if isinstance(default, bool):
@@ -145,6 +216,8 @@ class Sampler:
         if clash:
             raise ValueError(f"sampler {spec.name!r} fixes {sorted(clash)}; use {spec.base!r} to change them")
         self.options = MappingProxyType({**spec.defaults, **spec.fixed, **user})
+        if spec.validate is not None:
+            spec.validate(**self.options)
 
     @property
     def stochastic(self) -> bool:
@@ -166,12 +239,18 @@ class Sampler:
         self.spec.check_nfe(int(nfe), **self.options)
 
     def sample(self, model, x_T: torch.Tensor, nfe: int | None, *, noise=None) -> torch.Tensor:
-        """Integrate from x_T (at t = T) to t_end spending the NFE budget; returns x at t_end (float64)."""
+        """Integrate from x_T (at t = T) to t_end spending the NFE budget; returns x at t_end.
+
+        The solver state has x_T's dtype (float64 or float32) and device; so does the result. ``noise``
+        (a ``SampleNoise`` with x_T's sample indices) is drawn where x_T is.
+        """
         self.check_nfe(nfe)
+        check_state(x_T, self.name)
         if self.stochastic and noise is None:
             raise ValueError(f"sampler {self.name!r} is stochastic: pass noise=SampleNoise(...)")
-        return self.spec.fn(model, x_T.to(torch.float64), None if nfe is None else int(nfe), noise=noise,
-                            **self.options)
+        if noise is not None:
+            noise = noise.like(x_T)
+        return self.spec.fn(model, x_T, None if nfe is None else int(nfe), noise=noise, **self.options)
 
     def config_json(self) -> str:
         """Every option, sorted: the sampler's identity in a results row."""

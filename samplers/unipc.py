@@ -5,6 +5,7 @@ import torch
 
 from .grids import T_END, time_grid
 from .registry import UnsupportedNFE, register, register_preset
+from .state import on_state
 
 UNIPC_VARIANTS = ("bh1", "bh2")
 UNIPC_ORDERS = (1, 2, 3)
@@ -43,34 +44,44 @@ def unipc(model, x, nfe, *, noise, variant, order, predict, corrector, lower_ord
     sch = model.schedule
     ts = time_grid(sch, grid, nfe, t_end)
     lam, alpha, sigma = sch.lambda_(ts), sch.alpha(ts), sch.sigma(ts)
-    evaluate = model.x0 if predict == "x0" else model.eps
-    ms = [evaluate(x, ts[0])]  # model outputs at the last `order` grid points, newest last
+    # Every step's weights first (float64, on the host), rows i - 1 for step i: x_t = ratio x_s + w0 m0 + sum_k w_k m_{-k}
+    # (+ w_t m_t for the corrector); columns k = 1 .. order - 1 of wp, wc are the past values m_{-k}.
+    orders, ratio = [], torch.zeros(nfe, dtype=torch.float64)
+    wp, wc = torch.zeros(nfe, order, dtype=torch.float64), torch.zeros(nfe, order + 1, dtype=torch.float64)
     for i in range(1, nfe + 1):
         p = i if i < order else (min(order, nfe + 1 - i) if lower_order_final else order)
-        h, m0, past = lam[i] - lam[i - 1], ms[-1], ms[-2::-1]  # past: m_{-k} at lambda_{i-1-k}, k = 1, ..
-        rks = [(lam[i - 1 - k] - lam[i - 1]) / h for k in range(1, p)] + [1.0]
+        orders.append(p)
+        h = lam[i] - lam[i - 1]
+        rks = [(lam[i - 1 - k] - lam[i - 1]) / h for k in range(1, p)] + [1.0]  # m_{-k} sits at lambda_{i-1-k}
         hh = -h if predict == "x0" else h
         b_h, rhos_p, rhos_c = _rhos(rks, hh, variant, p)
         # First-order exponential-integrator step (DDIM): x0 form sigma_t/sigma_s x - alpha_t (e^{-h} - 1) x0_s,
         # eps form alpha_t/alpha_s x - sigma_t (e^h - 1) eps_s.
         if predict == "x0":
-            ratio, scale = sigma[i] / sigma[i - 1], alpha[i]
+            ratio[i - 1], scale = sigma[i] / sigma[i - 1], alpha[i]
         else:
-            ratio, scale = alpha[i] / alpha[i - 1], sigma[i]
+            ratio[i - 1], scale = alpha[i] / alpha[i - 1], sigma[i]
         w_base = -scale * torch.expm1(hh)  # x_base = ratio x + w_base m0
         # UniP-p: x_t = x_base - scale B(h) sum_k rho_k D1_k, D1_k = (m_{-k} - m0) / r_k: weights of m_{-k} and m0.
         w = [-scale * b_h * rho / r for rho, r in zip(rhos_p, rks)]
-        x_s, x = x, ratio * x + sum((wk * mk for wk, mk in zip(w, past)), (w_base - sum(w)) * m0)
+        wp[i - 1, :p] = torch.stack([w_base - sum(w)] + w)
+        # UniC-p: the same sum plus rho_p (m_t - m0), with m_t from the predicted point (no extra NFE).
+        w, w_t = [-scale * b_h * rho / r for rho, r in zip(rhos_c[:-1], rks)], -scale * b_h * rhos_c[-1]
+        wc[i - 1, :p + 1] = torch.stack([w_base - sum(w) - w_t] + w + [w_t])
+    ts, ratio, wp, wc = on_state(x, ts, ratio, wp, wc)
+    evaluate = model.x0 if predict == "x0" else model.eps
+    ms = [evaluate(x, ts[0])]  # model outputs at the last `order` grid points, newest last
+    for i, p in enumerate(orders, start=1):
+        m0, past = ms[-1], ms[-2::-1][:p - 1]  # past: m_{-k} at lambda_{i-1-k}, k = 1, ..
+        x_s, x = x, ratio[i - 1] * x + sum((wp[i - 1, k] * mk for k, mk in enumerate(past, start=1)), wp[i - 1, 0] * m0)
         if i == nfe:
             break  # the last point is never evaluated, so it gets no corrector
         m_t = evaluate(x, ts[i])
         if corrector:
-            # UniC-p: the same sum plus rho_p (m_t - m0), with m_t from the predicted point (no extra NFE).
-            w, w_t = [-scale * b_h * rho / r for rho, r in zip(rhos_c[:-1], rks)], -scale * b_h * rhos_c[-1]
-            x = ratio * x_s + sum((wk * mk for wk, mk in zip(w, past)), (w_base - sum(w) - w_t) * m0 + w_t * m_t)
+            x = ratio[i - 1] * x_s + sum((wc[i - 1, k] * mk for k, mk in enumerate(past, start=1)),
+                                         wc[i - 1, 0] * m0 + wc[i - 1, p] * m_t)
         ms = (ms + [m_t])[-order:]
     return x
-
 
 register_preset("unipc_bh1_3", "unipc", variant="bh1", order=3, description="UniPC-3 with B(h) = h (Zhao et al. 2023)")
 register_preset("unipc_bh2_3", "unipc", variant="bh2", order=3, in_default_sweep=False,
