@@ -94,6 +94,8 @@ class GaussianMixture:
         sch = self.schedule
         t_start = sch.T if t_start is None else t_start
         x_T = self._on_device(x_T, "x_T")
+        if self.device.type == "meta":
+            raise ValueError("the exact ODE oracle needs values (adaptive steps): not available on the meta device")
 
         def velocity(t, x):
             # dx/dt = f x - g^2 score / 2 with the exact score: going through eps = -sigma score and back
