@@ -1,166 +1,225 @@
-"""FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) against a checkpoint's real images, via torch-fidelity.
+"""FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) against a checkpoint's real images, streamed and shardable.
 
-Digits use the shipped classifier's 64-d pre-ReLU features (extractor "digits-classifier"); RGB
-checkpoints use torch-fidelity's "inception-v3-compat", whose weights can be given by path or by the
-SAMPLERBENCH_INCEPTION_WEIGHTS environment variable. Reference statistics are cached by
-torch-fidelity under a name made of everything that determines them.
+``FidAccumulator`` keeps, as NVlabs EDM's fid.py does, the count and float64 sums of features and of their outer
+products (plus the features of samples with index < KID_MAX_SAMPLES, for KID), so a 50,000-sample cell never sits
+whole in memory and torchrun ranks merge by summing. Features come from torch-fidelity's extractors
+(``features.py``: the digits classifier, or "inception-v3-compat" from sha256-verified weights); FID and KID from
+torch-fidelity's ``fid_statistics_to_metric`` and ``kid_features_to_metric``. Reference statistics are computed the
+same way from ``real_data(n, 0)`` and cached as safetensors (no pickle) in a folder the caller passes, under a hash of
+everything that determines them; torch-fidelity's own (pickle) cache is never used.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from functools import lru_cache
+import uuid
+import warnings
 from pathlib import Path
 
 import torch
 import torch_fidelity
+from safetensors import safe_open
+from safetensors.torch import save_file
 from threadpoolctl import threadpool_limits
-from torch.utils.data import Dataset
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
-from pretrained.digits import FID_EXTRACTOR, load_feature_net
-from pretrained.weights import WEIGHTS_ROOT, file_sha256, read_manifest
+from .features import ExtractorSpec, create_extractor, extractor_spec, to_images
 
-INCEPTION = "inception-v3-compat"
-INCEPTION_LAYER = "2048"
-INCEPTION_ENV = "SAMPLERBENCH_INCEPTION_WEIGHTS"
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's download name
-DIGITS_LAYER = "fc_pre_relu"
-DIGITS_WEIGHTS = WEIGHTS_ROOT / "digits_features"
-CACHE_ENV = "SAMPLERBENCH_FID_CACHE"
 BATCH_SIZE = 250
 KID_SUBSETS = 100
 KID_MAX_SUBSET = 1000  # subsets are half the smaller set (at most this), so kid_std shows subset spread
+KID_MAX_SAMPLES = 10_000  # KID uses the features of the samples (and reference images) with index below this
+MIN_SAMPLES = 4  # KID subsets of at least 2
+CACHE_FORMAT = 1
+_STATE_TENSORS = ("sum", "outer", "kid_features", "kid_index")
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> 0..255 uint8 (clamped), the images torch-fidelity expects."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-
-class DigitsClassifierExtractor(FeatureExtractorBase):
-    """torch-fidelity wrapper of the digits classifier: uint8 (B, 1, 8, 8) -> 64-d pre-ReLU features."""
-
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        self.net, _ = load_feature_net(feature_extractor_weights_path or DIGITS_WEIGHTS)
-
-    @staticmethod
-    def get_provided_features_list():
-        return (DIGITS_LAYER,)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return DIGITS_LAYER
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-
-    def forward(self, x):
-        # float64 features: KID's cubic kernel of O(10) features loses all precision in float32.
-        return (self.net.features(x.float() / 127.5 - 1.0).double(),)
-
-
-if FID_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-    torch_fidelity.register_feature_extractor(FID_EXTRACTOR, DigitsClassifierExtractor)
-
-
-class Uint8Images(Dataset):
-    """A torch Dataset over a (N, C, H, W) uint8 tensor."""
-
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i]
-
-
-def inception_weights(path=None) -> str | None:
-    """The Inception weights file to use: ``path``, else $SAMPLERBENCH_INCEPTION_WEIGHTS, else torch-fidelity's
-    download (None), which is checked to be reachable; raises FileNotFoundError saying how to provide them."""
-    path = path or os.environ.get(INCEPTION_ENV)
-    how = (f"download {INCEPTION_FILE} from https://github.com/toshas/torch-fidelity/releases (v0.2.0) on a machine "
-           f"with internet and pass its path as inception_weights_path=... or set {INCEPTION_ENV}=/path/to/{INCEPTION_FILE}")
-    if path is not None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"Inception weights not found at {path}: {how}")
-        return str(path)
-    if (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE).is_file():
-        return None  # torch-fidelity finds it in torch.hub's cache
-    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-    target = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(URL_INCEPTION_V3, str(target), progress=False)
-    except Exception as e:  # no network, proxy, HTTP error: all mean the same to the user
-        raise FileNotFoundError(f"Inception weights are not cached and could not be downloaded ({e}): {how}") from e
-    return None
-
-
-def _sha256_prefix(path: str) -> str:
-    """The weights' hash for the cache key, computed once per file version (Inception is ~100 MB; FID runs per cell)."""
-    st = os.stat(path)
-    return _hash_once(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
-
-
-@lru_cache(maxsize=None)
-def _hash_once(path: str, mtime_ns: int, size: int) -> str:
-    return file_sha256(path)[:16]
-
-
-def _extractor_setup(checkpoint, inception_weights_path):
-    """(extractor name, feature layer, weights path or None, cache-key fragment of the weights, KID kernel gamma)."""
-    name = checkpoint.extras.get("fid", INCEPTION)
-    if name == FID_EXTRACTOR:
-        manifest = read_manifest(DIGITS_WEIGHTS)
-        return name, DIGITS_LAYER, str(DIGITS_WEIGHTS), manifest["weights_sha256"][:16], manifest["kid_gamma"]
-    if name == INCEPTION:
-        path = inception_weights(inception_weights_path)
-        return name, INCEPTION_LAYER, path, (_sha256_prefix(path) if path else "torch-fidelity-url"), None
-    raise ValueError(f"checkpoint {checkpoint.name!r} names an unknown FID extractor {name!r}; "
-                     f"allowed: {[FID_EXTRACTOR, INCEPTION]}")
-
-
-def _images(x: torch.Tensor, rgb: bool) -> torch.Tensor:
-    x = to_uint8(x)
-    return x.expand(-1, 3, -1, -1).contiguous() if rgb and x.shape[1] == 1 else x
-
-
-def fid_kid(samples: torch.Tensor, checkpoint, *, inception_weights_path=None, cache_root=None,
-            kid_subsets: int = KID_SUBSETS, batch_size: int = BATCH_SIZE) -> dict:
-    """{"fid", "kid", "kid_std"} of ``samples`` (N, C, H, W) in [-1, 1] against the checkpoint's FID reference set.
+class FidAccumulator:
+    """Streaming FID/KID statistics of samples from one checkpoint's feature extractor.
 
     Args:
-        samples: generated images in the data range [-1, 1]; values outside are clamped.
-        checkpoint: a ``pretrained.Checkpoint``; ``extras["fid"]`` names the extractor,
-            ``extras["fid_reference"]`` = (key, n) names and sizes its reference set (``real_data(n, 0)``).
-        inception_weights_path: Inception weights for RGB checkpoints (else $SAMPLERBENCH_INCEPTION_WEIGHTS).
-        cache_root: where reference statistics are cached (else $SAMPLERBENCH_FID_CACHE, else torch-fidelity's).
+        checkpoint: a ``pretrained.Checkpoint``; ``extras["fid"]`` names the extractor.
+        device: where features are computed.
+        inception_weights_path: Inception weights for RGB checkpoints (else $SAMPLERBENCH_INCEPTION_WEIGHTS or
+            torch.hub's cache); checked against their published sha256.
+    """
+
+    def __init__(self, checkpoint, device="cpu", *, inception_weights_path=None):
+        self.spec = extractor_spec(checkpoint)
+        self.device = torch.device(device)
+        self.extractor = create_extractor(self.spec, self.device, inception_weights_path)
+        d = self.spec.dim
+        self.n = 0
+        self.sum = torch.zeros(d, dtype=torch.float64, device=self.device)
+        self.outer = torch.zeros(d, d, dtype=torch.float64, device=self.device)
+        self.kid_features, self.kid_index = [], []
+
+    @torch.no_grad()
+    def update(self, samples: torch.Tensor, indices) -> None:
+        """Add a batch ``samples`` (B, C, H, W) in [-1, 1] (clamped), whose global sample indices are ``indices``."""
+        indices = torch.as_tensor(list(indices) if isinstance(indices, range) else indices, dtype=torch.long).cpu()
+        if indices.shape != (len(samples),):
+            raise ValueError(f"FidAccumulator.update: {len(samples)} samples but indices of shape "
+                             f"{tuple(indices.shape)}; give one global sample index per sample")
+        if len(samples) == 0:
+            return
+        f = self.extractor(to_images(samples.to(self.device), self.spec))[0]
+        f64 = f.double()
+        self.n += len(f)
+        self.sum += f64.sum(0)
+        self.outer += f64.T @ f64
+        keep = indices < KID_MAX_SAMPLES
+        if keep.any():
+            self.kid_features.append(f[keep.to(f.device)].cpu())
+            self.kid_index.append(indices[keep])
+
+    def state(self) -> dict:
+        """CPU tensors and plain values (for ``all_gather_object``): n, float64 feature and outer-product sums, and
+        the features (the extractor's dtype) of samples with index < KID_MAX_SAMPLES with those indices."""
+        d = self.spec.dim
+        return {"extractor": self.spec.key, "n": self.n, "sum": self.sum.cpu(), "outer": self.outer.cpu(),
+                "kid_features": torch.cat([torch.empty(0, d, dtype=self.spec.dtype), *self.kid_features]),
+                "kid_index": torch.cat([torch.empty(0, dtype=torch.long), *self.kid_index])}
+
+    @staticmethod
+    def merge(states: list[dict]) -> dict:
+        """One state from per-rank (or per-batch) states: sums summed, KID features sorted by sample index."""
+        if not states:
+            raise ValueError("FidAccumulator.merge: no states")
+        keys = {s["extractor"] for s in states}
+        if len(keys) > 1:
+            raise ValueError(f"FidAccumulator.merge: states of different feature extractors {sorted(keys)}")
+        index = torch.cat([s["kid_index"] for s in states])
+        order = torch.argsort(index)
+        index = index[order]
+        if len(index) > 1 and bool((index[1:] == index[:-1]).any()):
+            raise ValueError(f"FidAccumulator.merge: sample index {int(index[1:][index[1:] == index[:-1]][0])} "
+                             f"occurs in more than one state (each sample must be added once)")
+        return {"extractor": states[0]["extractor"], "n": sum(s["n"] for s in states),
+                "sum": sum(s["sum"] for s in states), "outer": sum(s["outer"] for s in states),
+                "kid_features": torch.cat([s["kid_features"] for s in states])[order], "kid_index": index}
+
+
+def _statistics(state: dict) -> dict:
+    """mu and the unbiased covariance (as np.cov) from the float64 sums."""
+    n = state["n"]
+    mu = state["sum"] / n
+    sigma = (state["outer"] - n * torch.outer(mu, mu)) / (n - 1)
+    return {"mu": mu.numpy(), "sigma": sigma.numpy()}
+
+
+def _reference_meta(checkpoint, spec: ExtractorSpec) -> dict:
+    ref_key, n_ref = checkpoint.extras["fid_reference"]
+    return {"format": CACHE_FORMAT, "extractor": spec.name, "weights_sha256": spec.weights_sha256,
+            "layer": spec.layer, "dtype": str(spec.dtype), "reference": ref_key, "n": n_ref,
+            "kid_max_samples": KID_MAX_SAMPLES, "torch_fidelity": torch_fidelity.__version__}
+
+
+def reference_cache_path(checkpoint, cache_dir) -> Path:
+    """Where the checkpoint's reference statistics are cached in ``cache_dir``: named by a hash of what determines them."""
+    meta = _reference_meta(checkpoint, extractor_spec(checkpoint))
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+    return Path(cache_dir) / f"fid-reference-{digest[:32]}.safetensors"
+
+
+def _read_reference(path: Path, meta: dict, spec: ExtractorSpec) -> dict | None:
+    """The cached state in ``path``, or None (with a warning) if it is not a valid cache file for ``meta``."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if json.loads((f.metadata() or {}).get("samplerbench", "null")) != meta:
+                raise ValueError("its metadata names other reference statistics")
+            t = {k: f.get_tensor(k) for k in ("n", *_STATE_TENSORS)}
+        d = spec.dim
+        if (t["sum"].shape, t["outer"].shape, t["kid_features"].shape[1:]) != ((d,), (d, d), (d,)):
+            raise ValueError("its tensors have the wrong shapes")
+    except Exception as e:  # a corrupt, foreign or planted file: derived data, so recompute and replace it
+        warnings.warn(f"FID reference cache {path} is not valid ({e}); recomputing it")
+        return None
+    return {"extractor": spec.key, "n": int(t.pop("n")), **t}
+
+
+def _write_reference(path: Path, state: dict, meta: dict) -> None:
+    """Atomically: a per-process temp file in the same folder, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        tensors = {k: state[k].contiguous() for k in _STATE_TENSORS}
+        save_file({"n": torch.tensor(state["n"]), **tensors}, str(tmp),
+                  metadata={"samplerbench": json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def reference_state(checkpoint, *, cache_dir=None, device="cpu", inception_weights_path=None) -> dict:
+    """The accumulator state of the checkpoint's reference images ``real_data(n, 0)``, read from or written to the
+    cache in ``cache_dir`` (None: computed, not cached)."""
+    spec = extractor_spec(checkpoint)
+    meta = _reference_meta(checkpoint, spec)
+    path = reference_cache_path(checkpoint, cache_dir) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        state = _read_reference(path, meta, spec)
+        if state is not None:
+            return state
+    acc = FidAccumulator(checkpoint, device, inception_weights_path=inception_weights_path)
+    real = checkpoint.real_data(meta["n"], 0)
+    for lo in range(0, len(real), BATCH_SIZE):
+        acc.update(real[lo:lo + BATCH_SIZE], range(lo, min(lo + BATCH_SIZE, len(real))))
+    state = acc.state()
+    if path is not None:
+        _write_reference(path, state, meta)
+    return state
+
+
+def fid_kid_from_state(state: dict, checkpoint, *, cache_dir=None, device="cpu", inception_weights_path=None,
+                       kid_subsets: int = KID_SUBSETS) -> dict:
+    """{"fid", "kid", "kid_std"} of a (merged) accumulator state against the checkpoint's reference set.
+
+    Args:
+        state: ``FidAccumulator.state()``, or ``FidAccumulator.merge`` of several.
+        checkpoint: a ``pretrained.Checkpoint``; ``extras["fid_reference"]`` = (key, n) names and sizes its
+            reference set.
+        cache_dir: folder for the reference statistics (None: recomputed every call).
+        device, inception_weights_path: as for ``FidAccumulator``, used only when the reference is computed.
+        kid_subsets: number of KID subsets.
 
     KID uses torch-fidelity's cubic polynomial kernel; for digits its gamma is 1 / E|f|^2 (manifest
     "kid_gamma") instead of 1 / d, so KID values are not on the Inception scale.
     """
-    name, layer, weights, weights_key, gamma = _extractor_setup(checkpoint, inception_weights_path)
-    ref_key, n_ref = checkpoint.extras["fid_reference"]
-    rgb = name == INCEPTION
-    reference = _images(checkpoint.real_data(n_ref, 0), rgb)
+    spec = extractor_spec(checkpoint)
+    if state["extractor"] != spec.key:
+        raise ValueError(f"FID state of extractor {state['extractor']!r}, but checkpoint {checkpoint.name!r} "
+                         f"uses {spec.key!r}")
+    if state["n"] < MIN_SAMPLES or len(state["kid_features"]) < MIN_SAMPLES:
+        raise ValueError(f"FID/KID need at least {MIN_SAMPLES} samples with index < {KID_MAX_SAMPLES}; got {state['n']} "
+                         f"samples, {len(state['kid_features'])} of them below that index")
+    ref = reference_state(checkpoint, cache_dir=cache_dir, device=device, inception_weights_path=inception_weights_path)
+    f1, f2 = state["kid_features"], ref["kid_features"]
+    if len(f2) < MIN_SAMPLES:
+        raise ValueError(f"checkpoint {checkpoint.name!r}: FID/KID need a reference set of at least {MIN_SAMPLES} "
+                         f"images, extras['fid_reference'] asks for {ref['n']}")
     # One BLAS thread: on shared cores OpenBLAS's spinning threads make KID's 100 small matmuls ~20x slower.
     with threadpool_limits(1, "blas"):
-        out = torch_fidelity.calculate_metrics(
-            input1=Uint8Images(_images(samples, rgb)), input2=Uint8Images(reference),
-            input2_cache_name=f"{ref_key}-n{n_ref}-{name}-{weights_key}-{layer}",
-            cache_root=cache_root or os.environ.get(CACHE_ENV), cache=True,
-            cuda=torch.cuda.is_available(), save_cpu_ram=True, batch_size=batch_size, verbose=False,
-            fid=True, kid=True, feature_extractor=name, feature_layer_fid=layer, feature_layer_kid=layer,
-            feature_extractor_weights_path=weights, kid_subsets=kid_subsets, kid_kernel_poly_gamma=gamma,
-            kid_subset_size=min(len(samples), len(reference), 2 * KID_MAX_SUBSET) // 2)
-    return {"fid": out["frechet_inception_distance"], "kid": out["kernel_inception_distance_mean"],
-            "kid_std": out["kernel_inception_distance_std"]}
+        fid = fid_statistics_to_metric(_statistics(state), _statistics(ref), verbose=False)[KEY_METRIC_FID]
+        kid = kid_features_to_metric(f1, f2, kid_subsets=kid_subsets, kid_kernel_poly_gamma=spec.kid_gamma,
+                                     kid_subset_size=min(len(f1), len(f2), 2 * KID_MAX_SUBSET) // 2, verbose=False)
+    return {"fid": fid, "kid": kid[KEY_METRIC_KID_MEAN], "kid_std": kid[KEY_METRIC_KID_STD]}
+
+
+def fid_kid(samples: torch.Tensor, checkpoint, *, cache_dir=None, device="cpu", inception_weights_path=None,
+            kid_subsets: int = KID_SUBSETS, batch_size: int = BATCH_SIZE, cache_root=None) -> dict:
+    """{"fid", "kid", "kid_std"} of ``samples`` (N, C, H, W) in [-1, 1] (clamped): one accumulator over all of them.
+
+    Arguments as for ``FidAccumulator`` and ``fid_kid_from_state``; ``cache_root`` is the former name of ``cache_dir``.
+    """
+    if cache_root is not None:
+        if cache_dir is not None:
+            raise ValueError("fid_kid: give cache_dir (cache_root is its former name), not both")
+        cache_dir = cache_root
+    acc = FidAccumulator(checkpoint, device, inception_weights_path=inception_weights_path)
+    for lo in range(0, len(samples), batch_size):
+        acc.update(samples[lo:lo + batch_size], range(lo, min(lo + batch_size, len(samples))))
+    return fid_kid_from_state(acc.state(), checkpoint, cache_dir=cache_dir, device=device,
+                              inception_weights_path=inception_weights_path, kid_subsets=kid_subsets)
