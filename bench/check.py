@@ -114,7 +114,8 @@ def read_baseline(path: str | Path) -> pd.DataFrame:
     if not p.exists():
         raise ValueError(f"baseline {path} does not exist; write one with `python -m bench baseline --out {path}`")
     if p.is_dir():
-        raise ValueError(f"baseline {path} is a folder, not a CSV file written by `python -m bench baseline --out FILE`")
+        raise ValueError(f"baseline {path} is a folder, not a CSV file written by "
+                         "`python -m bench baseline --out FILE`")
     try:
         raw = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:

@@ -1,12 +1,11 @@
 """Reports: per checkpoint, metric-vs-NFE plots and paper-style tables (Markdown and LaTeX booktabs).
 
 Every file is written inside the output folder: a checkpoint's folder name is the checkpoint name when
-that is a plain file name, else a slug plus a hash of the name (checkpoint names come from results files,
+that is a plain file name, else ``pretrained.safe_name`` of it (checkpoint names come from results files,
 which anyone can write), and each path is checked with ``Path.resolve`` (a symlink cannot lead out).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -45,17 +44,14 @@ def read_results(results_dir: str | Path) -> pd.DataFrame:
     return df
 
 
-def _safe_name(name: str) -> str:
-    """A file-name token for ``name`` that cannot leave a folder: a [A-Za-z0-9._-] slug + "-" + 10 hex of sha1(name)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip("._-")[:40]
-    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-    return f"{slug}-{digest}" if slug else digest
-
-
 def checkpoint_folder(name) -> str:
     """The report folder name of a checkpoint: the name itself when plain (reports/digits), else its safe name."""
     name = "<NA>" if pd.isna(name) else str(name)
-    return name if PLAIN_NAME.fullmatch(name) else _safe_name(name)
+    if PLAIN_NAME.fullmatch(name):
+        return name
+    from pretrained import safe_name  # imports torch: only for names that need it
+
+    return safe_name(name)
 
 
 def _inside(root: Path, path: Path) -> Path:

@@ -138,7 +138,8 @@ def test_nan_spelled_out_in_a_metric_is_an_empty_value(gate):
 def test_duplicate_baseline_keys_are_refused(gate):
     results, baseline = gate
     _edit(baseline, lambda df: pd.concat([df, df.iloc[[1]].assign(solver_error_median="9")]))
-    _refused(baseline, results, "has 2 rows that share a key, e.g. gmm-2d ddim nfe=8 seed=0 on line 3", "may appear once")
+    _refused(baseline, results, "has 2 rows that share a key, e.g. gmm-2d ddim nfe=8 seed=0 on line 3",
+             "may appear once")
 
 
 def test_results_that_are_missing_empty_or_a_file_are_an_error_not_every_cell_missing(gate, tmp_path):
