@@ -104,3 +104,18 @@ def test_sample_fid_below_floor_plus_margin(ck, tmp_path):
     broken = fid_kid(samplers.get("ddim").sample(as_model(UNet()), x_T, 20), ck, cache_root=str(tmp_path),
                      kid_subsets=5)["fid"]
     assert broken > floor + FID_MARGIN, (broken, floor)
+
+
+def test_recipe_output_loads_only_when_trusted(tmp_path, capsys):
+    """A retrained feature net (recipe --out) is not the pinned one: refused by default, loaded when trusted."""
+    from pretrained.digits import load_feature_net
+    from pretrained.train import main
+
+    main(["features", "--out", str(tmp_path / "features"), "--epochs", "1"])
+    sha = read_manifest(tmp_path / "features")["weights_sha256"]
+    assert f"expected_sha256='{sha}'" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="pin of 'digits_features'"):
+        load_feature_net(tmp_path / "features")
+    net, manifest = load_feature_net(tmp_path / "features", trust_manifest=True)
+    assert manifest["epochs"] == 1 and net.fc.weight.shape == (64, 256)
+    assert load_feature_net(tmp_path / "features", expected_sha256=sha)[1]["weights_sha256"] == sha

@@ -25,6 +25,7 @@ from ..data import digits_split, split_sha256
 from ..digits import DATA_SHAPE, as_model, load_feature_net
 from ..nets import UNet
 from ..weights import WEIGHTS_ROOT, save_weights
+from .pins_note import pin_note
 
 T_MIN = 1e-3
 EVAL_SEED = 1234
@@ -50,6 +51,9 @@ def main(argv=None):
     p.add_argument("--workdir", default=str(Path.home() / ".cache" / "samplerbench" / "train_digits"),
                    help="training state, log and best EMA weights (not shipped)")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--feature-net", default=None, metavar="FOLDER",
+                   help="FID feature network trained by `pretrained.train features --out FOLDER` (its manifest is "
+                        "trusted); default: the shipped one, checked against its pin")
     p.add_argument("--max-steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -70,7 +74,8 @@ def main(argv=None):
 
     sch = VPLinear()
     x_data, _ = digits_split("train")
-    feat_net, feat_manifest = load_feature_net()
+    feat_net, feat_manifest = (load_feature_net() if a.feature_net is None
+                               else load_feature_net(a.feature_net, trust_manifest=True))
     with torch.no_grad():
         ref_stats = fid_features_to_statistics(feat_net.features(digits_split("reference")[0]).double())
     x_T = samplers.initial_noise(EVAL_SEED, range(a.eval_samples), DATA_SHAPE)
@@ -157,6 +162,7 @@ def main(argv=None):
         "feature_net_sha256": feat_manifest["weights_sha256"]})
     log.info("shipped EMA weights of step %d (quick FID %.3f) to %s", best, state["best_fid"], out)
     print(f"shipped step {best}, quick FID {state['best_fid']:.3f}, sha256 {manifest['weights_sha256'][:12]}")
+    print(pin_note("digits", out, manifest["weights_sha256"]))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from ..data import digits_split, split_sha256
 from ..nets import DigitsClassifier
 from ..weights import WEIGHTS_ROOT, save_weights
+from .pins_note import pin_note
 
 OUT = WEIGHTS_ROOT / "digits_features"
 FEATURE_LAYER = "fc_pre_relu"
@@ -59,6 +60,7 @@ def main(argv=None):
         "holdout_accuracy": acc, "kid_gamma": kid_gamma(net), "train_seconds": round(time.time() - t0, 1),
         "recipe": "python -m pretrained.train features"})
     print(f"holdout accuracy {acc:.4f}; wrote {a.out} (sha256 {manifest['weights_sha256'][:12]})")
+    print(pin_note("digits_features", a.out, manifest["weights_sha256"]))
 
 
 if __name__ == "__main__":
