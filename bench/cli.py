@@ -12,26 +12,90 @@ DEFAULT_RESULTS = "results"
 DEFAULT_REPORTS = "reports"
 
 
-def _cmd_run(args) -> int:
-    from . import dist
-    from .grid import make_cells, resolve_samplers
-    from .runner import run_sweep
+MAX_SEED = 2**63 - 1  # seeds are stored as int64
+
+
+def _validate_run_args(args) -> None:
+    """Scalar arguments of `run`, checked before anything is loaded or written."""
+    from samplers.registry import validate_nfe
+
+    if args.threads < 0:
+        raise ValueError(f"--threads {args.threads}: must be >= 1 (or 0 for torch's choice)")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.n_samples is not None and args.n_samples < 1:
+        raise ValueError(f"--n-samples {args.n_samples}: must be >= 1")
+    for seed in args.seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"--seeds {seed}: seeds must be in 0..2**63-1")
+    for nfe in args.nfe:
+        validate_nfe(nfe, allow_large=args.allow_large_nfe)
+
+
+def _load_checkpoints(names, device) -> dict:
+    """Every checkpoint of the sweep, loaded once on its device: a bad name or folder stops before any cell."""
     import pretrained
+
+    out = {}
+    for name in dict.fromkeys(names):
+        pretrained.entry(name)  # unknown names: the registry's message
+        try:
+            out[name] = pretrained.load(name, device=device)
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- a folder that cannot be read is the user's input
+            raise ValueError(f"checkpoint {name!r} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    return out
+
+
+def _cmd_run(args) -> int:
     import torch
 
+    from . import dist
+    from .devices import resolve_device
+    from .grid import make_cells, parse_shard, resolve_samplers, shard_cells
+    from .runner import RunOptions, run_sweep
+    from .store import ResultsStore
+
+    _validate_run_args(args)
+    shard = parse_shard(args.shard)
+    device = resolve_device(args.device)
+    sampler_objs = resolve_samplers(args.sampler)
+    checkpoints = _load_checkpoints(args.checkpoint, device)
+    cells = shard_cells([c for name in checkpoints for c in make_cells(
+        [name], sampler_objs, args.nfe, args.seeds, args.n_samples or _default_n(name), state_dtype=args.state_dtype, net_dtype=args.net_dtype)], shard)
+    ResultsStore(args.results).prepare()  # the last check (writable folder); it creates the folder
     if args.threads:
         torch.set_num_threads(args.threads)
-    for ck in args.checkpoint:
-        pretrained.entry(ck)  # unknown names raise before anything runs
-    sampler_objs = resolve_samplers(args.sampler)
-    cells = [c for ck in args.checkpoint for c in make_cells(
-        [ck], sampler_objs, args.nfe, args.seeds, args.n_samples or pretrained.entry(ck).default_n_samples)]
-    counts = run_sweep(cells, args.results, batch_size=args.batch_size, progress=not args.quiet)
+    dist.init_from_env(device)
+    counts = run_sweep(cells, args.results, options=RunOptions(device=device, batch_size=args.batch_size,
+                                                               compile=args.compile),
+                       progress=not args.quiet)
     if not dist.is_main():
         return 0
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     print(f"{len(cells)} cells ({summary}); results in {args.results}/results.parquet")
+    if counts.get("taken"):
+        print(f"{counts['taken']} cells were being computed by another run on {args.results}; run again to "
+              f"pick up any it leaves unfinished")
     print(f"next: python -m bench report --results {args.results}")
+    return 0
+
+
+def _default_n(name: str) -> int:
+    import pretrained
+    return pretrained.entry(name).default_n_samples
+
+
+def _cmd_compact(args) -> int:
+    from .store import ResultsStore
+
+    store = ResultsStore(args.results)
+    if not store.path.exists():
+        raise ValueError(f"no results in {args.results}; nothing to compact")
+    df = store.read()
+    store.rewrite(df)
+    print(f"{len(df)} rows in one part: {store.path}")
     return 0
 
 
@@ -83,12 +147,21 @@ def _cmd_baseline(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit 2) instead of usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .check import DEFAULT_ATOL, DEFAULT_RTOL
+    from .grid import DEFAULT_STATE_DTYPE, NET_DTYPES, STATE_DTYPES
     from .runner import DEFAULT_BATCH
+    from samplers.registry import MAX_NFE
 
-    p = argparse.ArgumentParser(prog="python -m bench", description="samplerbench: benchmark diffusion samplers")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="python -m bench", description="samplerbench: benchmark diffusion samplers")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="sweep checkpoint x sampler x NFE x seed; rows go to RESULTS/results.parquet")
     r.add_argument("--nfe", type=int, nargs="+", default=list(DEFAULT_NFE), help="NFE budgets (default: 5 10 20)")
@@ -103,10 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="samples per model call (default: %(default)s)")
     r.add_argument("--results", default=DEFAULT_RESULTS, help="results folder (default: %(default)s)")
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available; under "
+                   "torchrun, cuda means cuda:LOCAL_RANK)")
+    r.add_argument("--state-dtype", choices=STATE_DTYPES, default=DEFAULT_STATE_DTYPE,
+                   help="dtype of the solver state between steps (default: %(default)s on every device)")
+    r.add_argument("--net-dtype", choices=NET_DTYPES, default="native",
+                   help="network precision: its own weights' dtype, or autocast to bfloat16 / float16 (default: native)")
+    r.add_argument("--compile", action="store_true", help="wrap the network in torch.compile")
+    r.add_argument("--shard", default=None, metavar="I/N",
+                   help="take cells I, I+N, ... of the sweep (a job-array index); N jobs may share --results")
+    r.add_argument("--allow-large-nfe", action="store_true", help=f"allow NFE above {MAX_NFE}")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
 
     sub.add_parser("list", help="samplers, time grids and checkpoints").set_defaults(func=_cmd_list)
+
+    cp = sub.add_parser("compact", help="merge a results folder's parts into one (run when no one reads or writes it)")
+    cp.add_argument("--results", default=DEFAULT_RESULTS)
+    cp.set_defaults(func=_cmd_compact)
 
     rep = sub.add_parser("report", help="plots and paper-style tables from a results folder")
     rep.add_argument("--results", default=DEFAULT_RESULTS)
@@ -128,12 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .store import StoreWriteError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ValueError as exc:  # bad input: a clear message, nothing written
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StoreWriteError as exc:  # disk full, permissions changed mid-run: stored rows are intact
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130

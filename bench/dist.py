@@ -1,7 +1,8 @@
-"""torchrun sharding: rank r generates sample indices r, r + W, r + 2W, ...; rank 0 gathers and writes.
+"""torchrun sharding: rank r generates sample indices r, r + W, r + 2W, ...; rank 0 merges metrics and writes.
 
 Start with ``torchrun --nproc_per_node N -m bench run ...``. Since every sample's noise is seeded by its
-index, the gathered samples equal a single-process run's, whatever N is (EDM's convention).
+index, the samples equal a single-process run's, whatever N is (EDM's convention). The process group
+uses nccl when the ranks compute on GPUs and gloo on CPUs; ranks only meet to gather small objects.
 """
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import torch
 import torch.distributed as dist
 
 
-def init_from_env() -> None:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op for a single process."""
+def init_from_env(device: torch.device) -> None:
+    """Join the process group torchrun describes (WORLD_SIZE > 1) with the backend for ``device``; else a no-op."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
 
 
 def rank() -> int:
@@ -50,11 +55,3 @@ def broadcast(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def unshard(parts: list[torch.Tensor], n: int) -> torch.Tensor:
-    """Interleave per-rank samples (rank r holds indices r::W) back into index order."""
-    out = torch.empty((n, *parts[0].shape[1:]), dtype=parts[0].dtype)
-    for r, part in enumerate(parts):
-        out[r::len(parts)] = part
-    return out

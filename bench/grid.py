@@ -8,8 +8,16 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import torch
+
 import samplers
 from samplers.registry import Sampler
+
+# --state-dtype / --net-dtype values; "native" computes the network in its own weights' dtype.
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STATE_DTYPES = ("float64", "float32")
+NET_DTYPES = ("native", "bfloat16", "float16")
+DEFAULT_STATE_DTYPE = "float64"  # on every device: state arithmetic is cheap next to the network
 
 
 def parse_sampler_spec(spec: str) -> list[tuple[str, dict]]:
@@ -53,19 +61,25 @@ def resolve_samplers(specs: Sequence[str] | None) -> list[Sampler]:
 
 @dataclass(frozen=True)
 class Cell:
-    """One benchmark cell; ``nfe`` is None for adaptive samplers (they choose their own)."""
+    """One benchmark cell; ``nfe`` is None for adaptive samplers (they choose their own).
+
+    ``state_dtype`` (solver state) and ``net_dtype`` (network precision) change the numbers, so they are
+    part of the cell's identity.
+    """
 
     checkpoint: str
     sampler: Sampler
     nfe: int | None
     seed: int
     n_samples: int
+    state_dtype: str = DEFAULT_STATE_DTYPE
+    net_dtype: str = "native"
 
     @property
     def key(self) -> dict:
         return {"checkpoint": self.checkpoint, "sampler": self.sampler.name,
                 "sampler_config": self.sampler.config_json(), "nfe": self.nfe, "seed": self.seed,
-                "n_samples": self.n_samples}
+                "n_samples": self.n_samples, "state_dtype": self.state_dtype, "net_dtype": self.net_dtype}
 
     @property
     def cell_id(self) -> str:
@@ -73,7 +87,8 @@ class Cell:
 
 
 def make_cells(checkpoints: Iterable[str], sampler_objs: Iterable[Sampler], nfes: Iterable[int],
-               seeds: Iterable[int], n_samples: int) -> list[Cell]:
+               seeds: Iterable[int], n_samples: int, *, state_dtype: str = DEFAULT_STATE_DTYPE,
+               net_dtype: str = "native") -> list[Cell]:
     """The sweep in run order: grouped by checkpoint and seed so x_T and references are shared."""
     nfes, sampler_objs = sorted(set(nfes)), list(sampler_objs)
     for n in nfes:
@@ -81,10 +96,31 @@ def make_cells(checkpoints: Iterable[str], sampler_objs: Iterable[Sampler], nfes
             raise ValueError(f"--nfe values must be >= 1, got {n}")
     if n_samples < 1:
         raise ValueError(f"--n-samples must be >= 1, got {n_samples}")
+    if state_dtype not in STATE_DTYPES:
+        raise ValueError(f"state dtype {state_dtype!r} is not allowed; allowed: {list(STATE_DTYPES)}")
+    if net_dtype not in NET_DTYPES:
+        raise ValueError(f"network dtype {net_dtype!r} is not allowed; allowed: {list(NET_DTYPES)}")
     cells = []
     for ck in checkpoints:
-        for seed in seeds:
+        for seed in dict.fromkeys(int(s) for s in seeds):
             for s in sampler_objs:
                 for nfe in ([None] if s.adaptive else nfes):
-                    cells.append(Cell(ck, s, nfe, int(seed), int(n_samples)))
+                    cells.append(Cell(ck, s, nfe, seed, int(n_samples), state_dtype, net_dtype))
     return cells
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """'i/N' (0 <= i < N) -> (i, N): this job takes cells i, i + N, ... of the sweep."""
+    if spec is None:
+        return None
+    try:
+        i, n = (int(p) for p in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {spec!r} is not i/N with integers, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard {spec!r}: need 0 <= i < N, e.g. 0/4 .. 3/4")
+    return i, n
+
+
+def shard_cells(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
+    return cells if shard is None else cells[shard[0]::shard[1]]

@@ -1,4 +1,4 @@
-"""Provenance of a run: git commit, package versions, device and threads, recorded in every row."""
+"""Provenance of a run: git commit, package versions and threads, recorded in every row (the device: devices.py)."""
 from __future__ import annotations
 
 import json
@@ -37,10 +37,5 @@ def versions() -> str:
                        "numpy": numpy.__version__}, sort_keys=True)
 
 
-def device() -> str:
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.machine()})"
-
-
 def provenance() -> dict:
-    return {"git_commit": git_commit(), "versions": versions(), "device": device(),
-            "threads": torch.get_num_threads()}
+    return {"git_commit": git_commit(), "versions": versions(), "threads": torch.get_num_threads()}

@@ -1,20 +1,26 @@
 """The runner: computes each cell's samples and metrics and stores one flat row per cell.
 
 A cell that fails is a row too: ``unsupported`` (the sampler cannot spend that NFE), ``diverged``
-(non-finite or exploding samples) or ``error`` (any other exception, with its text). Only Ctrl-C
-stops a sweep; every finished cell is already in the store, so rerunning resumes.
+(non-finite or exploding samples) or ``error`` (any other exception, with its text). Only Ctrl-C or a
+results folder that cannot be written stops a sweep; every finished cell is already in the store, so
+rerunning resumes. Runs that share a results folder split its cells through the store's claims.
+
+Under torchrun every rank generates the sample indices r, r + W, ... of each cell in batches and folds
+them into streaming metric sums (``bench.metrics.accumulate``); the reference ODE solution is computed
+in fixed chunks of indices spread over the ranks; ranks meet only to gather those sums and chunks.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 import pretrained
@@ -22,151 +28,219 @@ from samplers import SampleNoise, UnsupportedNFE, initial_noise
 from samplers.grids import T_END
 
 from . import dist
-from .grid import Cell
-from .metrics.moments import frechet_to_moments, mean_loglik
-from .metrics.solver_error import solver_error
+from .atomic import atomic_write
+from .devices import describe_device, synchronize
+from .grid import DTYPES, Cell
+from .metrics.accumulate import KEEP_SAMPLES, CellAccumulator, cell_metrics
 from .provenance import provenance
 from .store import ResultsStore
 
 DIVERGED_ABS = 1e2  # |x| beyond this (data lives in about [-3, 3]) marks a cell diverged
 DEFAULT_BATCH = 1000
-KEEP_SAMPLES = 16  # samples of each cell kept for the report's image grids
+WARMUP_SAMPLES = 2  # an untimed run on this many samples before each timed cell
+REFERENCE_CHUNK = 64  # the reference solution is computed in chunks of this many sample indices
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How cells are computed (not what they are: that is the Cell)."""
+
+    device: torch.device = torch.device("cpu")
+    batch_size: int = DEFAULT_BATCH
+    compile: bool = False
+    cache_dir: Path | None = None
 
 
 class ReferenceCache:
-    """Exact / reference ODE solutions per (checkpoint, seed, n, t_end), in memory and on disk."""
+    """Exact / reference ODE solutions of the first k sample indices of a seed, in memory and on disk.
+
+    The solution is computed in fixed chunks of REFERENCE_CHUNK indices (chunk c on rank c mod W), so
+    it is the same whatever the batch size or the number of ranks; every rank gets the whole of it.
+    Files are safetensors named by a hash of everything that determines them.
+    """
 
     def __init__(self, directory: Path | None):
         self.dir = directory
         self._mem: dict[str, torch.Tensor] = {}
 
-    def get(self, ck, seed: int, n: int, t_end: float, x_T: torch.Tensor) -> torch.Tensor:
-        key_src = json.dumps({"checkpoint": ck.name, "weights": ck.fingerprint, "seed": seed, "n": n,
-                              "t_end": t_end, "shape": list(x_T.shape), "exact": ck.reference_exact})
-        key = hashlib.sha1(key_src.encode()).hexdigest()[:20]
-        if key in self._mem:
-            return self._mem[key]
-        path = self.dir / f"reference-{ck.name}-{key}.pt" if self.dir else None
-        if path is not None and path.exists():
-            ref = torch.load(path, weights_only=True)
-        else:
-            ref = ck.reference_solution(x_T, t_end)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two runs may share a results folder
-                torch.save(ref, tmp)
-                tmp.replace(path)
-        self._mem[key] = ref
+    def _chunk(self, ck, seed: int, t_end: float, lo: int, hi: int, device) -> torch.Tensor:
+        key_src = json.dumps({"checkpoint": ck.name, "weights": ck.fingerprint, "seed": seed, "lo": lo, "hi": hi,
+                              "t_end": t_end, "shape": list(ck.data_shape), "exact": ck.reference_exact})
+        key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
+        path = self.dir / f"reference-{key}.safetensors" if self.dir else None
+        if path is not None and path.is_file():
+            try:
+                return load_file(str(path))["x"].to(device)
+            except Exception:  # noqa: BLE001 -- a damaged cache file is recomputed, never trusted
+                pass
+        x_T = initial_noise(seed, range(lo, hi), ck.data_shape, device=device)
+        ref = ck.reference_solution(x_T, t_end).to(torch.float64)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cpu = {"x": ref.detach().cpu().contiguous()}
+            atomic_write(path, lambda tmp: save_file(cpu, str(tmp)))
         return ref
 
+    def get(self, ck, seed: int, k: int, t_end: float, device) -> torch.Tensor:
+        """(k, *shape) float64 on ``device``: the reference solution from x_T of sample indices 0..k-1."""
+        key = f"{ck.name}|{ck.fingerprint}|{seed}|{k}|{t_end}|{device}"
+        if key not in self._mem:
+            chunks = [(lo, min(lo + REFERENCE_CHUNK, k)) for lo in range(0, k, REFERENCE_CHUNK)]
+            mine = {c: self._chunk(ck, seed, t_end, *c, device).cpu()
+                    for j, c in enumerate(chunks) if j % dist.world_size() == dist.rank()}
+            parts = {c: x for part in dist.gather(mine) for c, x in part.items()}
+            self._mem[key] = torch.cat([parts[c] for c in chunks]).to(device)
+        return self._mem[key]
 
-WARMUP_SAMPLES = 2  # an untimed run on this many samples before each timed cell
+
+def _model_for(ck, cell: Cell, opts: RunOptions, cache: dict):
+    """The checkpoint's model at the cell's network precision (compiled if asked), one per sweep."""
+    key = (cell.checkpoint, cell.net_dtype, opts.compile)
+    if key not in cache:
+        model = ck.model
+        if cell.net_dtype != "native":
+            model = model.replace(autocast_dtype=DTYPES[cell.net_dtype])
+        if opts.compile:
+            model = model.replace(fn=torch.compile(model.fn))
+        cache[key] = model
+    return cache[key]
 
 
-def generate_shard(ck, cell: Cell, x_T: torch.Tensor, batch_size: int) -> dict:
-    """This process's share of a cell's samples, in batches, with NFE counted per batch and wall-clock.
+def generate_shard(ck, model, cell: Cell, opts: RunOptions, reference, ref_count: int) -> dict:
+    """This rank's share of a cell: samples in batches, folded into metric sums; NFE per batch and wall-clock.
 
-    Returns {"samples", "nfe_per_batch", "wall"} or {"error"}: a failure on one rank must not leave
-    the others waiting in the gather.
+    Returns {"state", "nfe_per_batch", "wall"} or {"error"}: a failure on one rank must not leave the
+    others waiting in the gather.
     """
-    sampler, indices = cell.sampler, dist.shard(cell.n_samples)
+    sampler, device, dtype = cell.sampler, opts.device, DTYPES[cell.state_dtype]
+    indices = dist.shard(cell.n_samples)
+
+    def draw(idx):
+        x_T = initial_noise(cell.seed, idx, ck.data_shape, device=device, dtype=dtype)
+        noise = (SampleNoise(cell.seed, idx, ck.data_shape, device=device, dtype=dtype)
+                 if sampler.stochastic else None)
+        return x_T, noise
+
     try:
-        warm = indices[:WARMUP_SAMPLES]
-        sampler.sample(ck.model, x_T[list(warm)], cell.nfe,
-                       noise=SampleNoise(cell.seed, warm, ck.data_shape) if sampler.stochastic else None)
-        outs, counts = [], []
-        start = time.perf_counter()
-        for lo in range(0, len(indices), batch_size):
-            idx = indices[lo:lo + batch_size]
-            noise = SampleNoise(cell.seed, idx, ck.data_shape) if sampler.stochastic else None
-            with ck.model.counting() as count:
-                outs.append(sampler.sample(ck.model, x_T[list(idx)], cell.nfe, noise=noise))
+        fid = None
+        if ck.extras.get("fid"):
+            from .metrics.fid import FidAccumulator
+            fid = FidAccumulator(ck, device)
+        acc = CellAccumulator(ck, device, fid)
+        warm = list(indices[: (opts.batch_size if opts.compile else WARMUP_SAMPLES)])
+        if warm:
+            x_T, noise = draw(warm)
+            sampler.sample(model, x_T, cell.nfe, noise=noise)
+        counts, wall = [], 0.0
+        for lo in range(0, len(indices), opts.batch_size):
+            idx = list(indices[lo:lo + opts.batch_size])
+            x_T, noise = draw(idx)
+            synchronize(device)
+            start = time.perf_counter()
+            with model.counting() as count:
+                out = sampler.sample(model, x_T, cell.nfe, noise=noise)
+            synchronize(device)
+            wall += time.perf_counter() - start
             counts.append(count.n)
-        wall = time.perf_counter() - start
+            acc.update(out, idx, reference, ref_count)
+        state = acc.state()
     except Exception as exc:  # noqa: BLE001 -- becomes the cell's error row
         return {"error": f"{type(exc).__name__}: {exc}"}
-    empty = x_T[:0]
-    return {"samples": torch.cat(outs) if outs else empty, "nfe_per_batch": counts, "wall": wall}
+    return {"state": state, "nfe_per_batch": counts, "wall": wall}
 
 
-def cell_metrics(ck, samples: torch.Tensor, reference: torch.Tensor) -> dict:
-    """Every metric the checkpoint supports; solver error on the first len(reference) samples."""
-    out = solver_error(samples[: len(reference)], reference)
-    out.update(reference_exact=ck.reference_exact, reference_n=len(reference))
-    if ck.moments is not None:
-        out["frechet"] = frechet_to_moments(samples, *ck.moments)
-    if ck.log_prob is not None:
-        out["loglik"] = mean_loglik(samples, ck.log_prob)
-    if ck.extras.get("fid"):
-        from .metrics.fid import fid_kid
-        out.update(fid_kid(samples, ck))
-    return out
-
-
-def run_cell(ck, cell: Cell, x_T: torch.Tensor, refs: ReferenceCache, batch_size: int,
-             store: ResultsStore | None = None) -> dict | None:
+def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: ResultsStore | None = None,
+             models: dict | None = None) -> dict | None:
     """One row (on rank 0; None elsewhere): key, status, timing, metrics. Failures are rows, not exceptions.
 
     With a ``store``, the first KEEP_SAMPLES samples of a finished cell are kept beside the results.
+    Every rank must call this for the same cells in the same order (it gathers).
     """
     row = {**cell.key, "cell_id": cell.cell_id, "grid": cell.sampler.options.get("grid"),
-           "batch_size": batch_size, "status": "ok"}
+           "batch_size": opts.batch_size, "status": "ok", "compiled": opts.compile,
+           "device": describe_device(opts.device)}
     try:
         cell.sampler.check_nfe(cell.nfe)
     except UnsupportedNFE as exc:
         return row | {"status": "unsupported", "error": str(exc)} if dist.is_main() else None
-    parts = dist.gather(generate_shard(ck, cell, x_T, batch_size))
+    try:
+        t_end = float(cell.sampler.options.get("t_end", T_END))
+        k = min(cell.n_samples, ck.reference_samples or cell.n_samples)
+        reference = refs.get(ck, cell.seed, k, t_end, opts.device)
+        part = generate_shard(ck, _model_for(ck, cell, opts, models if models is not None else {}), cell, opts,
+                              reference, k)
+    except Exception as exc:  # noqa: BLE001 -- the reference failed: every rank fails the same way
+        part = {"error": f"{type(exc).__name__}: {exc}"}
+    parts = dist.gather(part)
     if not dist.is_main():
         return None
     errors = [p["error"] for p in parts if "error" in p]
     if errors:
         return row | {"status": "error", "error": errors[0]}
+    merged = CellAccumulator.merge([p["state"] for p in parts])
     counts = [c for p in parts for c in p["nfe_per_batch"]]
-    samples = dist.unshard([p["samples"] for p in parts], cell.n_samples)
     wall = max(p["wall"] for p in parts)
-    max_abs = float(samples.abs().max())
     row.update(nfe_counted=sum(counts) / len(counts), wall_clock_s=wall, s_per_sample=wall / cell.n_samples,
-               max_abs=max_abs)
-    if not torch.isfinite(samples).all() or max_abs > DIVERGED_ABS:
+               max_abs=merged["max_abs"])
+    if not merged["finite"] or merged["max_abs"] > DIVERGED_ABS:
         return row | {"status": "diverged",
-                      "error": f"samples non-finite or |x| > {DIVERGED_ABS:g} (max |x| = {max_abs:.3g})"}
-    if store is not None:
-        store.save_samples(cell.cell_id, samples[:KEEP_SAMPLES].numpy())
+                      "error": f"samples non-finite or |x| > {DIVERGED_ABS:g} (max |x| = {merged['max_abs']:.3g})"}
     try:
-        t_end = float(cell.sampler.options.get("t_end", T_END))
-        k = min(cell.n_samples, ck.reference_samples or cell.n_samples)
-        row.update(cell_metrics(ck, samples, refs.get(ck, cell.seed, k, t_end, x_T[:k])))
+        if store is not None:
+            store.save_samples(cell.cell_id, merged["keep"][:KEEP_SAMPLES].numpy())
+        row.update(cell_metrics(ck, merged, cache_dir=opts.cache_dir, device=opts.device))
     except Exception as exc:  # noqa: BLE001 -- a failed metric is the cell's error row (STYLE principle 8)
         row.update(status="error", error=f"{type(exc).__name__}: {exc}")
     return row
 
 
-def run_sweep(cells: list[Cell], results_dir: str | Path, *, batch_size: int = DEFAULT_BATCH,
+def _claim(store: ResultsStore, cell: Cell) -> bool:
+    """Rank 0 claims the cell for this run; every rank learns whether to compute it."""
+    return dist.broadcast(store.claim(cell.cell_id) == "claimed" if dist.is_main() else None)
+
+
+def run_sweep(cells: list[Cell], results_dir: str | Path, *, options: RunOptions = RunOptions(),
               progress: bool = True) -> dict:
-    """Run every cell not already stored in ``results_dir``; returns counts by status."""
-    dist.init_from_env()
+    """Run every cell not already stored in ``results_dir`` (and not being computed by another run).
+
+    Returns counts by status, plus "skipped" (stored before) and "taken" (claimed by a concurrent run).
+    """
     store = ResultsStore(results_dir)
+    if dist.is_main():
+        store.prepare()
     done = dist.broadcast(store.done_cells() if dist.is_main() else None)
     todo = [c for c in cells if c.cell_id not in done]
-    refs = ReferenceCache(Path(results_dir) / "cache")
+    opts = options if options.cache_dir else RunOptions(**{**options.__dict__, "cache_dir": Path(results_dir) / "cache"})
+    refs = ReferenceCache(opts.cache_dir)
     run = {"run_id": dist.broadcast(uuid.uuid4().hex[:12]), **provenance(), "world_size": dist.world_size()}
     counts = {"skipped": len(cells) - len(todo)}
-    x_T_key, x_T = None, None
+    models: dict = {}
     bar = tqdm(total=len(cells), initial=counts["skipped"], unit="cell", disable=not (progress and dist.is_main()),
                dynamic_ncols=True)
     try:
-        for cell in todo:
-            ck = pretrained.load(cell.checkpoint)
-            if x_T_key != (cell.checkpoint, cell.seed, cell.n_samples):
-                x_T_key = (cell.checkpoint, cell.seed, cell.n_samples)
-                x_T = initial_noise(cell.seed, range(cell.n_samples), ck.data_shape)
-            bar.set_postfix_str(f"{cell.checkpoint} {cell.sampler.name} nfe={cell.nfe} seed={cell.seed}")
-            row = run_cell(ck, cell, x_T, refs, batch_size, store)
-            if row is not None:
-                row.update(run, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-                store.append([row])
-                counts[row["status"]] = counts.get(row["status"], 0) + 1
-            bar.update(1)
+        with store.heartbeat():
+            for cell in todo:
+                bar.set_postfix_str(f"{cell.checkpoint} {cell.sampler.name} nfe={cell.nfe} seed={cell.seed}")
+                if not _claim(store, cell):
+                    counts["taken"] = counts.get("taken", 0) + 1
+                    bar.update(1)
+                    continue
+                ck = pretrained.load(cell.checkpoint, device=opts.device)
+                try:
+                    row = run_cell(ck, cell, refs, opts, store, models)
+                except BaseException:
+                    if dist.is_main():
+                        store.release(cell.cell_id)
+                    raise
+                if row is not None:
+                    row.update(run, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                    try:
+                        store.append([row])
+                    except BaseException:
+                        store.release(cell.cell_id)
+                        raise
+                    counts[row["status"]] = counts.get(row["status"], 0) + 1
+                bar.update(1)
     finally:
         bar.close()
     return counts

@@ -17,6 +17,8 @@ COLUMNS: dict[str, str] = {
     "nfe_counted": "float64",        # model calls per batch, counted by the model boundary
     "seed": "int64",
     "n_samples": "int64",
+    "state_dtype": "string",         # dtype of the solver state between steps (float64 / float32)
+    "net_dtype": "string",           # dtype the network computes in (its weights', or the autocast dtype)
     "batch_size": "int64",
     "status": "string",
     "error": "string",
@@ -37,7 +39,8 @@ COLUMNS: dict[str, str] = {
     "created_at": "string",
     "git_commit": "string",
     "versions": "string",
-    "device": "string",
+    "device": "string",              # where the cell ran, e.g. "cuda:0 (NVIDIA H100)" or "cpu (x86_64)"
+    "compiled": "boolean",           # network wrapped in torch.compile
     "threads": "int64",
     "world_size": "int64",           # processes that shared the sample generation (torchrun)
 }
@@ -54,14 +57,16 @@ METRICS: dict[str, bool] = {
     "wall_clock_s": True,
 }
 
-KEY_COLUMNS = ("checkpoint", "sampler", "sampler_config", "nfe", "seed", "n_samples")
+KEY_COLUMNS = ("checkpoint", "sampler", "sampler_config", "nfe", "seed", "n_samples", "state_dtype", "net_dtype")
+REQUIRED_COLUMNS = ("cell_id", "checkpoint", "sampler", "sampler_config", "nfe", "seed", "n_samples", "status")
 
 
 def conform(df: pd.DataFrame) -> pd.DataFrame:
-    """Give a frame exactly the schema's columns, in order, with the schema's dtypes."""
+    """Give a frame the schema's columns, in order, with the schema's dtypes; extra columns follow, untouched."""
     df = df.copy()
     for col, dtype in COLUMNS.items():
         if col not in df:
             df[col] = None  # becomes NaN / <NA>; the int64 columns are required
         df[col] = df[col].astype(dtype)
-    return df[list(COLUMNS)].reset_index(drop=True)
+    extra = [c for c in df.columns if c not in COLUMNS]
+    return df[[*COLUMNS, *extra]].reset_index(drop=True)

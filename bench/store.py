@@ -1,31 +1,101 @@
-"""The results store: one parquet file of flat rows, written atomically under a lock; resume skips done cells.
+"""The results store: a parquet dataset of immutable parts, plus one claim file per cell so runs share a sweep.
 
-Every write replaces the whole file through a temporary file and ``os.replace`` while holding an
-exclusive ``flock`` on ``.lock`` beside it, so an interrupted run never leaves a half-written file and
-two runs on one folder neither lose nor duplicate rows (a cell already stored is not appended again).
+Layout of a results folder::
+
+    results.parquet/part-*.parquet   the rows; each part is written once (temporary name, fsync, rename) and never
+                                     changed, so any reader by path (pandas.read_parquet, pyarrow, ours) sees whole
+                                     files only, and appending costs the same at 10 or 100,000 stored cells
+    .cells/<cell_id>                 the cell's state: claimed by a live run (its heartbeat is the file's mtime),
+                                     or the final status it ended in
+    .lock                            flock for taking over stale claims, compaction and migration
+
+A run claims a cell before computing it (``claim``), so runs started on one folder split the cells between
+them; a claim whose run was killed (dead pid on this host, or no heartbeat for CLAIM_TTL_S) is taken over.
+A row is stored before its claim turns final, so a kill between the two recomputes nothing already stored
+(the takeover finds the row). ``error`` cells are retried by later runs; ``read`` keeps the last attempt.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
+import json
 import os
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
-from .schema import COLUMNS, RETRY_STATUSES, conform
+from .atomic import HOST, atomic_write, pid_alive, sweep_temporaries
+from .schema import COLUMNS, REQUIRED_COLUMNS, RETRY_STATUSES, STATUSES, conform
 
-RESULTS_FILE = "results.parquet"
+RESULTS_FILE = "results.parquet"  # a folder of parts (a single file in stores written before 0.2: migrated)
+CELLS_DIR = ".cells"
 SAMPLES_DIR = "samples"    # the first few samples of each finished cell, for the report's image grids
+PART_PREFIX = "part-"
+CLAIMED = "claimed"
+CLAIM_TTL_S = 120.0        # a claim not refreshed for this long belongs to a dead run
+HEARTBEAT_S = 20.0
+READ_RETRIES = 5           # a compaction may remove a part between listing and reading it
+
+
+class StoreWriteError(OSError):
+    """The results folder could not be written (disk full, permissions): stored rows are intact."""
+
+
+def arrow_schema() -> pa.Schema:
+    return pa.Schema.from_pandas(conform(pd.DataFrame(columns=list(COLUMNS))), preserve_index=False)
 
 
 class ResultsStore:
-    """Rows of one results folder (``<dir>/results.parquet``)."""
+    """Rows and cell claims of one results folder."""
 
     def __init__(self, directory: str | os.PathLike):
         self.dir = Path(directory)
         self.path = self.dir / RESULTS_FILE
+        self.cells = self.dir / CELLS_DIR
+        self._seq = 0
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
+
+    # -- checks and housekeeping ----------------------------------------------------------------
+    def prepare(self) -> None:
+        """Check the folder can be written, migrate an old single-file store, sweep leftovers; ValueError if not."""
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ValueError(f"results folder {self.dir} is a file; give a folder (it is created if missing)")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".probe.{HOST}.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ValueError(f"results folder {self.dir} is not writable ({exc.strerror or exc})") from exc
+        with self._locked():
+            self._migrate_single_file()
+            self._validate_parts()
+            if not self.cells.exists():
+                self._rebuild_markers(self.read())
+        sweep_temporaries(self.dir)
+
+    def _migrate_single_file(self) -> None:
+        if not self.path.is_file():
+            return
+        df = self._read_table([self.path], check=True).to_pandas()
+        legacy = self.dir / f".{RESULTS_FILE}.legacy"
+        os.replace(self.path, legacy)
+        self.path.mkdir()
+        os.replace(legacy, self.path / f"{PART_PREFIX}{0:020d}-legacy.parquet")
+        self._rebuild_markers(conform(df))
+
+    def _validate_parts(self) -> None:
+        parts = self._parts()
+        if parts:
+            self._read_table(parts[:1], check=True)  # the first part's schema names the dataset's extra columns
 
     @contextmanager
     def _locked(self):
@@ -37,15 +107,45 @@ class ResultsStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def read(self) -> pd.DataFrame:
-        """All stored rows (an empty frame with the schema's columns if none)."""
+    # -- rows -----------------------------------------------------------------------------------
+    def _parts(self) -> list[Path]:
+        if not self.path.is_dir():
+            return [self.path] if self.path.is_file() else []
+        return sorted(Path(e.path) for e in os.scandir(self.path)
+                      if e.name.startswith(PART_PREFIX) and e.name.endswith(".parquet"))
+
+    def _read_table(self, parts: list[Path], check: bool = False) -> pa.Table:
+        first = pq.read_schema(parts[0])
+        if check:
+            missing = [c for c in REQUIRED_COLUMNS if c not in first.names]
+            if missing:
+                raise ValueError(f"{parts[0]} is not a samplerbench results file: it lacks columns {missing}; "
+                                 f"move it out of {self.dir} or use another --results folder")
         try:
-            # One open file descriptor: a concurrent os.replace swaps the name, never the file read here
-            # (reading by path lets pyarrow open it twice and mix an old footer with new data).
-            with open(self.path, "rb") as fh:
-                return conform(pd.read_parquet(fh))
-        except FileNotFoundError:
-            return conform(pd.DataFrame(columns=list(COLUMNS)))
+            schema = pa.unify_schemas([first, arrow_schema()])
+        except pa.ArrowInvalid as exc:
+            raise ValueError(f"{parts[0]}: column types differ from the results schema ({exc})") from exc
+        return ds.dataset([str(p) for p in parts], schema=schema, format="parquet").to_table()
+
+    def read(self, *, all_attempts: bool = False) -> pd.DataFrame:
+        """Stored rows (schema columns first, then any extra ones); the last attempt of each cell unless ``all_attempts``."""
+        for attempt in range(READ_RETRIES):
+            parts = self._parts()
+            if not parts:
+                return conform(pd.DataFrame(columns=list(COLUMNS)))
+            try:
+                df = conform(self._read_table(parts).to_pandas())
+                break
+            except FileNotFoundError:
+                if attempt == READ_RETRIES - 1:
+                    raise
+                time.sleep(0.05)
+        if all_attempts or df.empty:
+            return df
+        # Parts are in write order; a final outcome outranks an error row whatever their order.
+        final = ~df["status"].isin(RETRY_STATUSES)
+        order = np.lexsort((np.arange(len(df)), final.to_numpy()))
+        return df.iloc[order].drop_duplicates("cell_id", keep="last").sort_index().reset_index(drop=True)
 
     def done_cells(self) -> set[str]:
         """Cell ids whose stored outcome is final (everything but ``error``, which is retried)."""
@@ -53,39 +153,164 @@ class ResultsStore:
         return set(df.loc[~df["status"].isin(RETRY_STATUSES), "cell_id"])
 
     def append(self, rows: list[dict]) -> int:
-        """Add rows; a cell already stored with a final status is kept, an ``error`` row is replaced.
-
-        Returns the number of rows written.
-        """
+        """Store rows as one new part, then mark their cells final (or free an ``error`` cell for a retry)."""
         if not rows:
             return 0
-        with self._locked():
-            old = self.read()
-            final = set(old.loc[~old["status"].isin(RETRY_STATUSES), "cell_id"])
-            new = conform(pd.DataFrame(rows))
-            new = new[~new["cell_id"].isin(final)].drop_duplicates("cell_id", keep="last")
-            if new.empty:
-                return 0
-            old = old[~old["cell_id"].isin(set(new["cell_id"]))]
-            frames = [f for f in (old, new) if not f.empty]
-            self._write(conform(pd.concat(frames, ignore_index=True)))
-            return len(new)
+        df = conform(pd.DataFrame(rows))
+        unknown = set(df["status"]) - set(STATUSES)
+        if unknown:
+            raise ValueError(f"unknown status {sorted(unknown)}; allowed: {list(STATUSES)}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(exist_ok=True)
+        self._seq += 1
+        name = f"{PART_PREFIX}{time.time_ns():020d}-{HOST}-{os.getpid()}-{self._seq:06d}.parquet"
+        table = pa.Table.from_pandas(df, schema=pa.unify_schemas([arrow_schema(), pa.Schema.from_pandas(
+            df, preserve_index=False)]) if len(df.columns) > len(COLUMNS) else arrow_schema(), preserve_index=False)
+        try:
+            atomic_write(self.path / name, lambda tmp: pq.write_table(table, tmp))
+        except OSError as exc:
+            raise StoreWriteError(exc.errno or errno.EIO, f"cannot write results to {self.path} "
+                                  f"({exc.strerror or exc}); stored rows are intact, rerun to resume") from exc
+        for cell_id, status in zip(df["cell_id"], df["status"]):
+            self.finish(cell_id, status)
+        return len(df)
 
+    def rewrite(self, df: pd.DataFrame) -> None:
+        """Replace every stored row by ``df`` (one part): ``bench compact``; readers racing it may need a retry."""
+        with self._locked():
+            old = self._parts()
+            if len(df):
+                self.append(conform(df).to_dict("records"))
+            for p in old:
+                p.unlink(missing_ok=True)
+            self._rebuild_markers(conform(df))
+
+    # -- cell claims ----------------------------------------------------------------------------
+    def _marker(self, cell_id: str) -> Path:
+        if not cell_id or not all(c.isalnum() or c in "-_" for c in cell_id):
+            raise ValueError(f"invalid cell id {cell_id!r}")
+        return self.cells / cell_id
+
+    def _rebuild_markers(self, df: pd.DataFrame) -> None:
+        self.cells.mkdir(parents=True, exist_ok=True)
+        final = df[~df["status"].isin(RETRY_STATUSES)]
+        keep = set(final["cell_id"])
+        for e in os.scandir(self.cells):
+            if e.name not in keep and not e.name.startswith(".") and self._state(Path(e.path)).get("state") != CLAIMED:
+                Path(e.path).unlink(missing_ok=True)
+        for cell_id, status in zip(final["cell_id"], final["status"]):
+            self._write_marker(cell_id, {"state": status})
+
+    def _write_marker(self, cell_id: str, content: dict) -> None:
+        self.cells.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._marker(cell_id), lambda tmp: tmp.write_text(json.dumps(content)))
+
+    @staticmethod
+    def _state(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text() or "{}")
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            return {"state": CLAIMED, "host": "?", "pid": -1}  # being written: treat as a fresh claim
+
+    def _stale(self, path: Path, state: dict) -> bool:
+        if state.get("host") == HOST and isinstance(state.get("pid"), int) and state["pid"] > 0:
+            if not pid_alive(state["pid"]):
+                return True
+        try:
+            return time.time() - path.stat().st_mtime > CLAIM_TTL_S
+        except FileNotFoundError:
+            return True
+
+    def claim(self, cell_id: str) -> str:
+        """Try to take a cell: "claimed" (ours now), "done" (a final row is stored) or "busy" (a live run has it)."""
+        path = self._marker(cell_id)
+        self.cells.mkdir(parents=True, exist_ok=True)
+        mine = json.dumps({"state": CLAIMED, "host": HOST, "pid": os.getpid(), "since": time.time()})
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            state = self._state(path)
+            if state.get("state") not in (None, CLAIMED):
+                return "done"
+            if not self._stale(path, state):
+                return "busy"
+            with self._locked():  # one taker of a stale claim; it first looks for a row stored before the kill
+                state = self._state(path)
+                if state.get("state") not in (None, CLAIMED):
+                    return "done"
+                if not self._stale(path, state):
+                    return "busy"
+                stored = self.read()
+                hit = stored[(stored["cell_id"] == cell_id) & ~stored["status"].isin(RETRY_STATUSES)]
+                if len(hit):
+                    self._write_marker(cell_id, {"state": str(hit["status"].iloc[0])})
+                    return "done"
+                self._write_marker(cell_id, json.loads(mine))
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(mine)
+        with self._held_lock:
+            self._held.add(cell_id)
+        return "claimed"
+
+    def finish(self, cell_id: str, status: str) -> None:
+        """Mark a stored cell final, or release it for a retry (``error``)."""
+        with self._held_lock:
+            self._held.discard(cell_id)
+        if status in RETRY_STATUSES:
+            self.release(cell_id)
+        else:
+            self._write_marker(cell_id, {"state": status})
+
+    def release(self, cell_id: str) -> None:
+        """Give back a claim of this process (a cell that did not finish); final markers are left alone."""
+        with self._held_lock:
+            self._held.discard(cell_id)
+        path = self._marker(cell_id)
+        state = self._state(path)
+        if state.get("state") == CLAIMED and state.get("pid") == os.getpid() and state.get("host") == HOST:
+            path.unlink(missing_ok=True)
+
+    @contextmanager
+    def heartbeat(self, every: float = HEARTBEAT_S):
+        """Refresh this process's claims in the background while the block runs, and release them after."""
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(every):
+                with self._held_lock:
+                    held = list(self._held)
+                for cell_id in held:
+                    try:
+                        os.utime(self._marker(cell_id))
+                    except OSError:
+                        pass
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            with self._held_lock:
+                held = list(self._held)
+            for cell_id in held:
+                self.release(cell_id)
+
+    # -- kept samples ---------------------------------------------------------------------------
     def save_samples(self, cell_id: str, samples) -> None:
         """Keep a few samples of a cell (float32 .npy, written atomically)."""
         folder = self.dir / SAMPLES_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{cell_id}.{os.getpid()}.npy"
-        np.save(tmp, np.asarray(samples, dtype=np.float32))
-        os.replace(tmp, folder / f"{cell_id}.npy")
+        arr = np.asarray(samples, dtype=np.float32)
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr)
+        atomic_write(folder / f"{self._marker(cell_id).name}.npy", write)
 
     def load_samples(self, cell_id: str):
-        path = self.dir / SAMPLES_DIR / f"{cell_id}.npy"
+        path = self.dir / SAMPLES_DIR / f"{self._marker(cell_id).name}.npy"
         return np.load(path, allow_pickle=False) if path.exists() else None
-
-    def _write(self, df: pd.DataFrame):
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        df.to_parquet(tmp, index=False)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)

@@ -156,12 +156,12 @@ def test_check_passes_on_identical_and_fails_on_worse_or_missing(tmp_path, capsy
     df = store.read()
     i = df.index[(df["sampler"] == "ddim") & (df["nfe"] == 8)][0]
     df.loc[i, "solver_error_median"] *= 1.5
-    store._write(df)
+    store.rewrite(df)
     assert main(["check", "--baseline", str(baseline), "--results", str(results)]) == 1
     out = capsys.readouterr().out
     assert "WORSE" in out and "ddim nfe=8" in out and "solver_error_median" in out
     # a cell present in the baseline but missing from the results fails too
-    store._write(df.drop(index=i))
+    store.rewrite(df.drop(index=i))
     assert main(["check", "--baseline", str(baseline), "--results", str(results)]) == 1
     assert "MISSING" in capsys.readouterr().out
 
@@ -195,12 +195,12 @@ def test_solver_error_on_a_reference_subset(tmp_path):
     import pretrained
     import samplers
     from bench.grid import Cell
-    from bench.runner import ReferenceCache, run_cell
+    from bench.runner import ReferenceCache, RunOptions, run_cell
 
     ck = dataclasses.replace(pretrained.load("gmm-2d"), reference_samples=5)
     cell = Cell("gmm-2d", samplers.get("ddim"), 6, 0, 12)
     x_T = samplers.initial_noise(0, range(12), (2,))
-    row = run_cell(ck, cell, x_T, ReferenceCache(None), batch_size=12, store=ResultsStore(tmp_path))
+    row = run_cell(ck, cell, ReferenceCache(None), RunOptions(batch_size=12), store=ResultsStore(tmp_path))
     assert row["status"] == "ok" and row["reference_n"] == 5
     out = samplers.get("ddim").sample(ck.model, x_T, 6)
     err = (out[:5] - ck.reference_solution(x_T[:5], samplers.T_END)).norm(dim=1)
