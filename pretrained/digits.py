@@ -17,8 +17,6 @@ FID_EXTRACTOR = "digits-classifier"
 ORACLE_STEPS = 500  # Heun steps of the reference solution (1000 NFE)
 REFERENCE_SAMPLES = 200  # solver error on the first 200 samples of a cell: the reference costs 1000 NFE each
 DEFAULT_N_SAMPLES = 500  # samples per cell of `bench run` (FID against the 300 reference images)
-
-
 UNET_FOLDER = WEIGHTS_ROOT / "digits"
 FEATURES_FOLDER = WEIGHTS_ROOT / "digits_features"
 

@@ -4,6 +4,8 @@ For p_0 = sum_k w_k N(mu_k, diag(s_k^2)) the VP marginal is p_t = sum_k w_k N(al
 diag(alpha_t^2 s_k^2 + sigma_t^2)), so the score (and eps = -sigma score) is known in closed form.
 The oracle solves the probability-flow ODE from x_T with an 8th-order adaptive Runge-Kutta
 (torchdiffeq dopri8) in float64 at a tolerance of 1e-13 (global error about 2e-9).
+The mixture's parameters, scores, densities and oracle live on its device; exact samples and
+moments are computed from CPU copies, so they are the same numbers on every device.
 """
 from __future__ import annotations
 
