@@ -70,7 +70,7 @@ def _parse_column(values: pd.Series, dtype: str) -> tuple[pd.Series, str | None]
         if dtype == "float64":
             bad = number.notna() & ~number.map(math.isfinite, na_action="ignore").astype(bool)
             if bad.any():
-                return None, f"non-finite values {_quote(values, bad)} (a metric is a finite number or empty)"
+                return None, f"non-finite values {_quote(values, bad)}; a metric is a finite number or empty"
             return number.astype("float64"), None
         finite = number.map(math.isfinite, na_action="ignore").fillna(True).astype(bool)
         bad = number.notna() & (~finite | (number != number.round()))
