@@ -65,9 +65,15 @@ class ResultsStore:
 
     # -- checks and housekeeping ----------------------------------------------------------------
     def prepare(self) -> None:
-        """Check the folder can be written, migrate an old single-file store, sweep leftovers; ValueError if not."""
+        """Check the folder can be written, migrate an old single-file store, sweep leftovers; ValueError if not.
+
+        Everything that can be refused is checked before the first write (the folder, its lock, a probe file).
+        """
         if self.dir.exists() and not self.dir.is_dir():
             raise ValueError(f"results folder {self.dir} is a file; give a folder (it is created if missing)")
+        parts = self._parts()
+        if parts:
+            self._read_table(parts[:1], check=True)  # a foreign or damaged file is refused untouched
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             probe = self.dir / f".probe.{HOST}.{os.getpid()}"
@@ -77,7 +83,6 @@ class ResultsStore:
             raise ValueError(f"results folder {self.dir} is not writable ({exc.strerror or exc})") from exc
         with self._locked():
             self._migrate_single_file()
-            self._validate_parts()
             if not self.cells.exists():
                 self._rebuild_markers(self.read())
         sweep_temporaries(self.dir)
@@ -91,11 +96,6 @@ class ResultsStore:
         self.path.mkdir()
         os.replace(legacy, self.path / f"{PART_PREFIX}{0:020d}-legacy.parquet")
         self._rebuild_markers(conform(df))
-
-    def _validate_parts(self) -> None:
-        parts = self._parts()
-        if parts:
-            self._read_table(parts[:1], check=True)  # the first part's schema names the dataset's extra columns
 
     @contextmanager
     def _locked(self):

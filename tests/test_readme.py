@@ -16,13 +16,23 @@ def test_use_from_python_example_runs_and_prints_what_it_claims():
     assert first == "torch.Size([16, 2]) 10"
 
 
-def test_ci_runs_the_readme_commands():
-    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+def test_ci_runs_every_readme_block_in_order():
+    """CI runs the README's bash blocks in order (.ci/readme_blocks.py); the first two are install+test and the main job."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    ci = (root / ".ci" / "run").read_text()
+    assert "python3 .ci/readme_blocks.py README.md" in ci
+    spec = importlib.util.spec_from_file_location("readme_blocks", root / ".ci" / "readme_blocks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    blocks = mod.blocks(README)
     install = re.search(r"## Install and test.*?```bash\n(.*?)\n```", README, re.S).group(1).strip()
     run = re.search(r"## Run the benchmark.*?```bash\n(.*?)\n```", README, re.S).group(1).strip()
-    lines = [line.strip() for line in ci.splitlines()]
-    assert any(line.startswith(install) for line in lines)
-    assert any(line.startswith(run + " ") or line == run for line in lines)  # CI may add --results/--quiet
+    assert [b[0].strip() for b in blocks[:2]] == [install, run] and blocks[0][1] is None and blocks[1][1] is None
+    skipped = [b for b in blocks if b[1]]
+    assert all("GPU" in reason or "machines" in reason for _, reason in skipped), skipped
+    assert len(blocks) - len(skipped) >= 5  # install+test, run, a sharded run, report, check
 
 
 def test_every_results_column_is_documented():
