@@ -57,7 +57,7 @@ def checkpoint_folder(name) -> str:
 def _inside(root: Path, path: Path) -> Path:
     """``path``, after checking that it resolves (symlinks followed) to a place inside ``root``."""
     if not path.resolve().is_relative_to(root.resolve()):
-        raise ValueError(f"report file {path} resolves to {path.resolve()}, outside the report folder {root}; "
+        raise ValueError(f"report path {path} resolves to {path.resolve()}, outside the report folder {root}; "
                          "remove the link or choose another --out")
     return path
 
@@ -261,7 +261,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         name = checkpoint_folder(ck)
         if name.casefold() in folders:
             raise ValueError(f"checkpoints {folders[name.casefold()]!r} and {ck!r} would share the report folder "
-                             f"{name}; rename one")
+                             f"{name!r} (file systems that ignore case included); rename one")
         folders[name.casefold()] = ck
     for ck, d in df.groupby("checkpoint", dropna=False):
         d = d.assign(label=sampler_labels(d))
