@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
+from ..atomic import atomic_write
 from .features import ExtractorSpec, create_extractor, extractor_spec, to_images
 
 BATCH_SIZE = 250
@@ -141,16 +140,11 @@ def _read_reference(path: Path, meta: dict, spec: ExtractorSpec) -> dict | None:
 
 
 def _write_reference(path: Path, state: dict, meta: dict) -> None:
-    """Atomically: a per-process temp file in the same folder, then os.replace."""
+    """Atomically (bench.atomic: the sweep of a later run removes what a killed one left)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        tensors = {k: state[k].contiguous() for k in _STATE_TENSORS}
-        save_file({"n": torch.tensor(state["n"]), **tensors}, str(tmp),
-                  metadata={"samplerbench": json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    tensors = {"n": torch.tensor(state["n"]), **{k: state[k].contiguous() for k in _STATE_TENSORS}}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
+                                             metadata={"samplerbench": json.dumps(meta, sort_keys=True)}))
 
 
 def reference_state(checkpoint, *, cache_dir=None, device="cpu", inception_weights_path=None) -> dict:
