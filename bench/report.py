@@ -256,13 +256,14 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     out_dir, written = Path(default_out(results_dir) if out_dir is None else out_dir), []
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"report --out {out_dir} is a file; give a folder (it is created if missing)")
-    folders = {}
+    seen = {}  # every folder is checked before anything is written
     for ck in df["checkpoint"].unique():
         name = checkpoint_folder(ck)
-        if name.casefold() in folders:
-            raise ValueError(f"checkpoints {folders[name.casefold()]!r} and {ck!r} would share the report folder "
+        if name.casefold() in seen:
+            raise ValueError(f"checkpoints {seen[name.casefold()]!r} and {ck!r} would share the report folder "
                              f"{name!r} (file systems that ignore case included); rename one")
-        folders[name.casefold()] = ck
+        seen[name.casefold()] = ck
+        _inside(out_dir, out_dir / name)
     for ck, d in df.groupby("checkpoint", dropna=False):
         d = d.assign(label=sampler_labels(d))
         ok = d[d["status"] == "ok"]

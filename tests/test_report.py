@@ -124,6 +124,10 @@ def test_a_symlink_out_of_the_report_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"resolves to .*elsewhere.*, outside the report folder"):
         write_report(results, out)
     assert not any(elsewhere.iterdir())
+    _stored(results / "two", ["a-first", "gmm-2d"])  # checked before the first checkpoint's files are written
+    with pytest.raises(ValueError, match="outside the report folder"):
+        write_report(results / "two", out)
+    assert sorted(p.name for p in out.iterdir()) == ["gmm-2d"] and not any(elsewhere.iterdir())
 
 
 def test_checkpoints_that_would_share_a_folder_are_refused(tmp_path):
