@@ -47,7 +47,7 @@ class Interval:
             raise ValueError(f"Interval closed={self.closed!r}; allowed: {list(CLOSED)}")
 
     def __contains__(self, v) -> bool:
-        if not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
             return False
         lo_ok = self.lo is None or (v >= self.lo if self.closed in ("both", "left") else v > self.lo)
         hi_ok = self.hi is None or (v <= self.hi if self.closed in ("both", "right") else v < self.hi)
@@ -169,13 +169,15 @@ def _validate(spec: SamplerSpec, options: Mapping[str, Any]) -> dict:
     for key, value in options.items():
         if key not in spec.defaults:
             raise ValueError(f"sampler {spec.name!r} has no option {key!r}; allowed: {sorted(spec.defaults)}")
+        value = _coerce(spec.name, key, value, spec.defaults[key])
         if key in spec.choices:
             if value not in spec.choices[key]:
                 raise ValueError(f"sampler {spec.name!r}: {key}={value!r} is not allowed; allowed: {list(spec.choices[key])}")
-        else:
-            value = _coerce(spec.name, key, value, spec.defaults[key])
-            if key in spec.bounds and value not in spec.bounds[key]:
+        elif key in spec.bounds:
+            if value not in spec.bounds[key]:  # NaN and inf are in no Interval
                 raise ValueError(f"sampler {spec.name!r}: {key}={value!r} is out of range; allowed: {spec.bounds[key]}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"sampler {spec.name!r}: {key}={value!r} is not allowed; allowed: finite numbers")
         out[key] = value
     return out
 
@@ -185,18 +187,20 @@ def _is_number(v) -> bool:
 
 
 def _coerce(sampler: str, key: str, value, default):
-    """Check ``value`` against the type of the option's default (ints are accepted for floats; floats are finite)."""
+    """Check ``value`` against the type of the option's default (ints are accepted for floats)."""
     is_num = _is_number(value)
-    if is_num and not math.isfinite(value):
-        raise ValueError(f"sampler {sampler!r}: option {key}={value!r} must be a finite number")
     if default is None:
         return value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
-        ok, value = is_num, float(value) if is_num else value
+        ok = is_num
+        try:
+            value = float(value) if is_num else value
+        except OverflowError:  # an int beyond float's range: inf, which no bound allows
+            value = math.inf if value > 0 else -math.inf
     elif isinstance(default, int):
-        ok = is_num and float(value).is_integer()
+        ok = isinstance(value, int) and is_num or (isinstance(value, float) and value.is_integer())
         value = int(value) if ok else value
     else:
         ok = isinstance(value, type(default))

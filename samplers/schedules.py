@@ -2,7 +2,7 @@
 
 One object owns the schedule (STYLE principle 1): samplers, grids, the model boundary and the
 diffusers adapter all ask it, nothing recomputes alpha or sigma on its own. Continuous time runs
-from 0 (data) to ``T``; everything is evaluated in float64.
+from 0 (data) to ``T``; everything is evaluated in float64, on the device of the times asked for.
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ class VPLinear(NoiseSchedule):
     def inverse_lambda(self, lam):
         # Solve 0.25 (b1 - b0) t^2 + 0.5 b0 t + 0.5 log(1 + e^{-2 lam}) = 0 for t >= 0.
         lam = _as_t(lam)
-        tmp = 2.0 * (self.beta_1 - self.beta_0) * torch.logaddexp(-2.0 * lam, torch.zeros((), dtype=_F64))
+        tmp = 2.0 * (self.beta_1 - self.beta_0) * torch.logaddexp(-2.0 * lam, torch.zeros_like(lam))
         delta = self.beta_0**2 + tmp
         return tmp / (torch.sqrt(delta) + self.beta_0) / (self.beta_1 - self.beta_0)
 
@@ -111,7 +111,7 @@ class VPCosine(NoiseSchedule):
 
     def inverse_lambda(self, lam):
         lam = _as_t(lam)
-        log_alpha = -0.5 * torch.logaddexp(torch.zeros((), dtype=_F64), -2.0 * lam)
+        log_alpha = -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
         t_fn = lambda la: torch.arccos(torch.exp(la + self._log_alpha_0)) * 2.0 * (1.0 + self.s) / math.pi - self.s
         return t_fn(log_alpha)
 
@@ -139,24 +139,32 @@ class VPDiscrete(NoiseSchedule):
         self.log_alpha_array = 0.5 * torch.cumsum(torch.log1p(-betas), dim=0)
         log_a = self.log_alpha_array
         self.lambda_array = log_a - 0.5 * torch.log(-torch.expm1(2.0 * log_a))
+        self._on_device = {}
+
+    def _knots(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t_array, log_alpha_array) on ``device``, copied there once."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.t_array.to(device), self.log_alpha_array.to(device))
+        return self._on_device[device]
 
     @staticmethod
     def _interp(x, xp, fp):
-        """Piecewise-linear interpolation with linear extrapolation at both ends (xp increasing)."""
-        x = _as_t(x)
+        """Piecewise-linear interpolation with linear extrapolation at both ends (xp increasing, on x's device)."""
         idx = torch.clamp(torch.searchsorted(xp, x.reshape(-1).contiguous()), 1, xp.numel() - 1)
         x0, x1, y0, y1 = xp[idx - 1], xp[idx], fp[idx - 1], fp[idx]
         y = y0 + (x.reshape(-1) - x0) * (y1 - y0) / (x1 - x0)
         return y.reshape(x.shape)
 
     def log_alpha(self, t):
-        return self._interp(t, self.t_array, self.log_alpha_array)
+        t = _as_t(t)
+        return self._interp(t, *self._knots(t.device))
 
     def inverse_lambda(self, lam):
         # lambda is decreasing in t; interpolate t(lambda) on the knots via log alpha.
         lam = _as_t(lam)
-        log_alpha = -0.5 * torch.logaddexp(torch.zeros((), dtype=_F64), -2.0 * lam)
-        return self._interp(-log_alpha, -self.log_alpha_array, self.t_array)
+        log_alpha = -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
+        t_array, log_alpha_array = self._knots(lam.device)
+        return self._interp(-log_alpha, -log_alpha_array, t_array)
 
     def to_discrete(self, t) -> torch.Tensor:
         """Continuous t -> the model's discrete time input, (t - 1/N) * N (DPM-Solver's convention)."""
