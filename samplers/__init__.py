@@ -4,13 +4,15 @@ Usage::
 
     import samplers
     model = samplers.DiffusionModel(my_net, samplers.VPLinear(), "eps", data_shape=(3, 32, 32))
-    x0 = samplers.get("ddim").sample(model, x_T, nfe=10)
+    x0 = samplers.get("ddim").sample(model, x_T, nfe=10)   # x_T's dtype (float64 / float32) and device
 """
 from .grids import T_END, time_grid
 from .model import PREDICTIONS, DiffusionModel
 from .noise import SampleNoise, initial_noise
-from .registry import Sampler, UnsupportedNFE, available, describe, get, register, register_preset
+from .registry import (MAX_NFE, Interval, Sampler, UnsupportedNFE, available, describe, get, register, register_preset,
+                       validate_nfe)
 from .schedules import NoiseSchedule, VPCosine, VPDiscrete, VPLinear, make_schedule
+from .state import STATE_DTYPES
 
 # Each module below registers its samplers on import; a new sampler family adds one line here.
 import importlib as _importlib  # noqa: E402
@@ -27,4 +29,5 @@ for _module in (
 
 __all__ = ["DiffusionModel", "PREDICTIONS", "NoiseSchedule", "VPLinear", "VPCosine", "VPDiscrete",
            "make_schedule", "SampleNoise", "initial_noise", "Sampler", "UnsupportedNFE", "available",
-           "describe", "get", "register", "register_preset", "time_grid", "T_END"]
+           "describe", "get", "register", "register_preset", "time_grid", "T_END", "MAX_NFE", "validate_nfe",
+           "Interval", "STATE_DTYPES"]

@@ -43,7 +43,8 @@ PROBE_STEPS = 10  # when a sampler is built, set_timesteps must succeed for one 
 # Numeric options: the range each is meaningful in (diffusers checks none of them). An unlisted one (a newer diffusers)
 # must be finite; tests list the installed version's options.
 OPTION_BOUNDS = {"steps_offset": Interval(0, N_TRAIN - 1), "dynamic_thresholding_ratio": Interval(0.0, 1.0, "right"),
-                 "sample_max_value": Interval(0.0, None, "neither"), "clip_sample_range": Interval(0.0, None, "neither")}
+                 "sample_max_value": Interval(0.0, None, "neither"),
+                 "clip_sample_range": Interval(0.0, None, "neither")}
 # solver_order: diffusers' multistep DPM-Solver and DEIS run any order > 3 as order 3; UniPC takes any order.
 SOLVER_ORDER = {"DPMSolverMultistepScheduler": Interval(1, 3), "DPMSolverSinglestepScheduler": Interval(1, 3),
                 "DEISMultistepScheduler": Interval(1, 3), "UniPCMultistepScheduler": Interval(1, None)}

@@ -95,7 +95,8 @@ def _multistep_weights(lam, h, phis, order, solver_type):
     if order == 1:
         return [p1]
     if order == 2:
-        # D1 = (m_{-1} - m_{-2}) / r0, r0 = (lambda_{-1} - lambda_{-2}) / h; phi_1 m_{-1} + k D1, k = phi_1 / 2 or phi_2.
+        # D1 = (m_{-1} - m_{-2}) / r0, r0 = (lambda_{-1} - lambda_{-2}) / h;
+        # phi_1 m_{-1} + k D1 with k = phi_1 / 2 or phi_2.
         r0 = (lam[-1] - lam[-2]) / h
         k = 0.5 * p1 if solver_type == "dpmsolver" else p2
         return [p1 + k / r0, -k / r0]

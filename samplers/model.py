@@ -64,7 +64,7 @@ class DiffusionModel:
         self.nfe = 0
 
     def replace(self, **changes) -> "DiffusionModel":
-        """A new boundary with some constructor arguments changed (e.g. ``autocast_dtype``); its NFE count starts at 0."""
+        """A new boundary with some constructor arguments changed (e.g. ``autocast_dtype``); NFE counted from 0."""
         fields = dict(fn=self.fn, schedule=self.schedule, prediction=self.prediction, time_input=self.time_input,
                       data_shape=self.data_shape, net_dtype=self.net_dtype, name=self.name, device=self.device,
                       autocast_dtype=self.autocast_dtype)

@@ -44,8 +44,8 @@ def unipc(model, x, nfe, *, noise, variant, order, predict, corrector, lower_ord
     sch = model.schedule
     ts = time_grid(sch, grid, nfe, t_end)
     lam, alpha, sigma = sch.lambda_(ts), sch.alpha(ts), sch.sigma(ts)
-    # Every step's weights first (float64, on the host), rows i - 1 for step i: x_t = ratio x_s + w0 m0 + sum_k w_k m_{-k}
-    # (+ w_t m_t for the corrector); columns k = 1 .. order - 1 of wp, wc are the past values m_{-k}.
+    # Every step's weights first (float64, on the host), row i - 1 for step i:
+    # x_t = ratio x_s + w_0 m0 + sum_k w_k m_{-k} (+ w_p m_t for the corrector), columns k = 1 .. p - 1 the past values.
     orders, ratio = [], torch.zeros(nfe, dtype=torch.float64)
     wp, wc = torch.zeros(nfe, order, dtype=torch.float64), torch.zeros(nfe, order + 1, dtype=torch.float64)
     for i in range(1, nfe + 1):

@@ -103,3 +103,47 @@ def test_options_are_the_schedulers_config():
     with pytest.raises(ValueError):
         samplers.get("diffusers:DPMSolverMultistepScheduler", algorithm_type="nonsense").check_nfe(10)
     assert not set(DIFFUSERS) & set(samplers.available(default_sweep_only=True))
+
+
+# -- options are checked when the sampler is built, not halfway through a sweep ---------------------------------------
+@pytest.mark.parametrize("name,options,message", [
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "nope"}, "algorithm_type='nope' is not allowed; allowed: ["),
+    ("DDIMScheduler", {"timestep_spacing": "nope"}, "timestep_spacing='nope' is not allowed; allowed: ["),
+    ("DDIMScheduler", {"steps_offset": -1}, "steps_offset=-1 is out of range; allowed: [0, 999]"),
+    ("DPMSolverMultistepScheduler", {"solver_order": 4}, "solver_order=4 is out of range; allowed: [1, 3]"),
+    ("DDPMScheduler", {"clip_sample_range": -1.0}, "clip_sample_range=-1.0 is out of range; allowed: (0.0, inf)"),
+    ("DDPMScheduler", {"variance_type": "learned"}, "variance_type='learned' is not allowed"),
+    ("DEISMultistepScheduler", {"algorithm_type": "dpmsolver++"}, "allowed: ['deis']"),  # diffusers would remap it
+    ("UniPCMultistepScheduler", {"solver_type": "midpoint"}, "allowed: ['bh1', 'bh2']"),  # diffusers would remap it
+    ("DDIMScheduler", {"dynamic_thresholding_ratio": float("nan")}, "dynamic_thresholding_ratio=nan is out of range"),
+    # A combination diffusers itself refuses when the scheduler is made.
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}, "`final_sigmas_type` zero is not supported"),
+])
+def test_bad_options_raise_when_the_sampler_is_built(name, options, message):
+    with pytest.raises(ValueError) as e:
+        samplers.get(f"diffusers:{name}", **options)
+    assert message in str(e.value)
+
+
+def test_every_listed_value_is_one_diffusers_runs():
+    from samplers.diffusers_adapter import CLASS_CHOICES, OPTION_CHOICES
+    for name in DIFFUSERS:
+        spec = samplers.describe(name)
+        for key, values in spec.choices.items():
+            for value in values:
+                opts = {key: value}
+                if key == "algorithm_type" and value in ("dpmsolver", "sde-dpmsolver"):
+                    opts["final_sigmas_type"] = "sigma_min"  # diffusers' own rule for noise prediction
+                samplers.get(name, **opts)
+        # Every option of the installed diffusers is listed: a new one must be looked at, not passed through.
+        for key, default in spec.defaults.items():
+            if isinstance(default, str):
+                assert key in OPTION_CHOICES or key in CLASS_CHOICES.get(name.split(":")[1], {}), (name, key)
+            elif isinstance(default, (int, float)) and not isinstance(default, bool):
+                assert str(spec.bounds[key]) != "(-inf, inf)", (name, key)
+
+
+def test_a_budget_error_is_still_unsupported_nfe_not_an_option_error():
+    s = samplers.get("diffusers:HeunDiscreteScheduler")  # valid options: builds
+    with pytest.raises(samplers.UnsupportedNFE):
+        s.check_nfe(10)

@@ -57,3 +57,72 @@ def test_bad_model_arguments_raise():
         DiffusionModel(lambda x, t: x, VPLinear(), "epsilon")
     with pytest.raises(ValueError, match="VPDiscrete"):
         DiffusionModel(lambda x, t: x, VPLinear(), "eps", time_input="discrete")
+
+
+def _recording(seen, out=lambda x, t: torch.zeros_like(x)):
+    def net(x, t):
+        seen.append((x.dtype, t.device, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return out(x, t)
+    return net
+
+
+def test_replace_changes_fields_and_starts_a_fresh_count():
+    seen = []
+    m = DiffusionModel(_recording(seen), VPLinear(), "x0", data_shape=(2,), net_dtype=torch.float64, name="net")
+    m.eps(torch.zeros(3, 2, dtype=torch.float64), 0.5)
+    amp = m.replace(autocast_dtype=torch.bfloat16)
+    assert (amp.nfe, m.nfe) == (0, 1) and amp.autocast_dtype == torch.bfloat16 and m.autocast_dtype is None
+    assert (amp.fn, amp.schedule, amp.prediction, amp.name, amp.device) == (m.fn, m.schedule, "x0", "net", m.device)
+    with pytest.raises(ValueError, match=r"has no argument \['autocast'\]; allowed: .*autocast_dtype"):
+        m.replace(autocast=torch.bfloat16)
+
+
+def test_autocast_runs_the_network_in_mixed_precision_and_returns_the_state_dtype():
+    seen = []
+    # A float32 linear layer under autocast computes in bfloat16; the boundary casts its output back to x's dtype.
+    layer = torch.nn.Linear(4, 4).requires_grad_(False)
+    m = DiffusionModel(_recording(seen, lambda x, t: layer(x)), VPLinear(), "eps", data_shape=(4,),
+                       net_dtype=torch.float32, autocast_dtype=torch.bfloat16)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    out = m.eps(x, 0.3)
+    assert seen[-1][2] and seen[-1][3] == torch.bfloat16 and out.dtype == torch.float64
+    exact = layer(x.float()).double()
+    assert 1e-5 < float((out - exact).abs().max()) < 0.1  # bfloat16 round-off: neither float32 nor garbage
+    assert not torch.is_autocast_enabled("cpu")
+    plain = m.replace(autocast_dtype=None).eps(x, 0.3)
+    assert not seen[-1][2] and torch.allclose(plain, exact, atol=1e-6)
+    with pytest.raises(ValueError, match="autocast_dtype torch.float64 is not supported; allowed"):
+        m.replace(autocast_dtype=torch.float64)
+
+
+def test_time_is_made_on_the_state_device():
+    seen = []
+    m = DiffusionModel(_recording(seen, lambda x, t: x), VPLinear(), "eps", data_shape=(2,), net_dtype=torch.float64,
+                       device="meta")
+    x = torch.empty(3, 2, device="meta", dtype=torch.float64)
+    for t in (0.5, torch.tensor(0.5), torch.tensor(0.5, device="meta"), torch.full((3,), 0.5, device="meta")):
+        m.eps(x, t)
+        assert seen[-1][1].type == "meta"
+    with pytest.raises(ValueError, match=r"t of shape \(3,\) is on cpu, x on meta"):
+        m.eps(x, torch.full((3,), 0.5))  # a whole grid on the host: one copy per call
+    with pytest.raises(ValueError, match="x is on cpu, the model on meta"):
+        m.eps(torch.zeros(3, 2, dtype=torch.float64), 0.5)
+
+
+def test_a_device_without_index_accepts_any_index():
+    from samplers.model import same_device
+    assert same_device(torch.device("cuda"), torch.device("cuda", 1))
+    assert not same_device(torch.device("cuda", 0), torch.device("cuda", 1))
+    assert not same_device(torch.device("cpu"), torch.device("meta"))
+    with pytest.raises(ValueError, match="not a torch device"):
+        DiffusionModel(lambda x, t: x, VPLinear(), device="gpu0")
+
+
+@pytest.mark.parametrize("out,got", [(lambda x: x[:, None], r"\(3, 1, 2\)"), (lambda x: x.sum(-1), r"\(3,\)"),
+                                     (lambda x: x.to(torch.int32), r"\(3, 2\) torch.int32"),
+                                     (lambda x: None, "NoneType")])
+def test_network_output_is_checked_on_every_call(out, got):
+    m = DiffusionModel(lambda x, t: out(x), VPLinear(), "eps", data_shape=(2,), net_dtype=torch.float64, name="tiny")
+    expected = r"expected a floating tensor of shape \(3, 2\)"
+    with pytest.raises(ValueError, match=rf"network 'tiny' returned {got}.*{expected}"):
+        m.eps(torch.zeros(3, 2, dtype=torch.float64), 0.5)

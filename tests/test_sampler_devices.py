@@ -34,7 +34,8 @@ class DeviceAudit(TorchDispatchMode):
             target = kwargs.get("device", tensors[0].device)
             self.copies += "cpu" in devices and torch.device(target).type == "meta"
         elif self.strict and "cpu" in devices and "meta" in devices:
-            raise AssertionError(f"{func} mixes host and device tensors: {[(t.device, tuple(t.shape)) for t in tensors]}")
+            where = [(t.device, tuple(t.shape)) for t in tensors]
+            raise AssertionError(f"{func} mixes host and device tensors: {where}")
         return func(*args, **kwargs)
 
 
