@@ -9,7 +9,6 @@ DEFAULT_CHECKPOINT = "digits"
 DEFAULT_NFE = (5, 10, 20)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_RESULTS = "results"
-DEFAULT_REPORTS = "reports"
 
 
 MAX_SEED = 2**63 - 1  # seeds are stored as int64
@@ -197,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="plots and paper-style tables from a results folder")
     rep.add_argument("--results", default=DEFAULT_RESULTS)
-    rep.add_argument("--out", default=DEFAULT_REPORTS)
+    rep.add_argument("--out", default=None, help="report folder (default: RESULTS/reports; the committed examples: "
+                     "--out reports)")
     rep.set_defaults(func=_cmd_report)
 
     c = sub.add_parser("check", help="fail (exit 1) if any baseline cell got worse or is missing")

@@ -173,20 +173,45 @@ def test_list_shows_samplers_grids_checkpoints():
         assert word in out.stdout
 
 
-def test_torchrun_sharding_gives_the_single_process_numbers(tmp_path):
-    args = ["run", *TINY[:2], "--n-samples", "21", "--quiet", "--seeds", "0", "--nfe", "4", "--sampler", "ddim", "ddpm",
-            "heun"]
+def _one_and_two_ranks(tmp_path, args):
+    args = [*args, "--threads", "1"]  # float32 networks give other bits at other thread counts
     single = _cli(*args, "--results", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "bench",
                             *args, "--results", str(tmp_path / "two")], cwd=ROOT, capture_output=True, text=True,
-                           env=env, timeout=300)
+                           env=env, timeout=600)
     assert multi.returncode == 0, multi.stderr[-2000:]
     a, b = (ResultsStore(tmp_path / d).read().set_index("cell_id").sort_index() for d in ("one", "two"))
-    assert list(b["world_size"].unique()) == [2] and len(b) == 3
-    for col in ("solver_error_mean", "frechet", "loglik", "nfe_counted"):
+    assert list(b["world_size"].unique()) == [2] and len(b) == len(a)
+    for cell_id in a.index:  # the kept samples too
+        assert (ResultsStore(tmp_path / "one").load_samples(cell_id) ==
+                ResultsStore(tmp_path / "two").load_samples(cell_id)).all()
+    return a, b
+
+
+def test_torchrun_sharding_gives_the_single_process_numbers(tmp_path):
+    """Samples, the reference solution (150 samples: 3 chunks over 2 ranks) and every metric, as one process."""
+    args = ["run", *TINY[:2], "--n-samples", "150", "--quiet", "--seeds", "0", "--nfe", "4", "--sampler", "ddim",
+            "ddpm", "heun", "--batch-size", "40"]
+    a, b = _one_and_two_ranks(tmp_path, args)
+    assert len(b) == 3
+    for col in ("solver_error_mean", "solver_error_median", "frechet", "loglik", "nfe_counted", "max_abs"):
         assert a[col].to_numpy() == pytest.approx(b[col].to_numpy(), rel=1e-12)
+    assert (a["reference_n"] == 150).all()
+
+
+def test_torchrun_sharding_gives_the_single_process_fid(tmp_path):
+    """FID/KID from feature sums gathered over ranks, on digits, equal a single process's."""
+    args = ["run", "--checkpoint", "digits", "--n-samples", "24", "--quiet", "--seeds", "0", "--nfe", "3",
+            "--sampler", "ddim", "--batch-size", "5"]
+    a, b = _one_and_two_ranks(tmp_path, args)
+    assert (a["status"] == "ok").all()
+    assert a["solver_error_mean"].to_numpy() == pytest.approx(b["solver_error_mean"].to_numpy(), rel=1e-12)
+    # Feature sums differ by float64 summation order (1e-16); with 24 samples in 64-d features the covariance is
+    # rank-deficient and FID's matrix square root amplifies that to about 1e-9.
+    for col in ("fid", "kid"):
+        assert a[col].to_numpy() == pytest.approx(b[col].to_numpy(), rel=1e-7)
 
 
 def test_solver_error_on_a_reference_subset(tmp_path):
