@@ -15,12 +15,15 @@ SPLIT_SEED = 8
 SPLIT_SIZES = {"reference": 300, "holdout": 300}  # "train" takes the rest (1197 of 1797)
 SPLITS = ("train", "reference", "holdout")
 MAX_LEVEL = 16.0  # pixel levels of load_digits are 0..16
+N_IMAGES = 1797  # images in load_digits: the split needs only this count, so it is known without importing sklearn
 
 
 @lru_cache(maxsize=None)
 def _all() -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
     d = load_digits()
+    if len(d.images) != N_IMAGES:
+        raise ValueError(f"sklearn's load_digits has {len(d.images)} images, the split was made for {N_IMAGES}")
     x = torch.as_tensor(d.images, dtype=torch.float32)[:, None] / MAX_LEVEL * 2.0 - 1.0  # (N, 1, 8, 8)
     return x, torch.as_tensor(d.target, dtype=torch.int64)
 
@@ -28,8 +31,7 @@ def _all() -> tuple[torch.Tensor, torch.Tensor]:
 @lru_cache(maxsize=None)
 def split_indices() -> dict[str, np.ndarray]:
     """Sorted image indices of each split (legacy RandomState permutation: frozen across numpy versions)."""
-    n = len(_all()[0])
-    perm = np.random.RandomState(SPLIT_SEED).permutation(n)
+    perm = np.random.RandomState(SPLIT_SEED).permutation(N_IMAGES)
     r, h = SPLIT_SIZES["reference"], SPLIT_SIZES["holdout"]
     return {"reference": np.sort(perm[:r]), "holdout": np.sort(perm[r:r + h]), "train": np.sort(perm[r + h:])}
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-from torchdiffeq import odeint
 
 from samplers.model import DiffusionModel
 
@@ -25,6 +24,8 @@ def reference_ode_solution(model: DiffusionModel, x_T: torch.Tensor, t_end: floa
     def velocity(t, x):
         t = t.cpu()  # schedules live on the CPU (VPDiscrete's tables); x stays on the model's device
         return sch.ode_velocity(x, t, oracle.eps(x, t))
+
+    from torchdiffeq import odeint  # imports scipy (0.4 s): only when a reference is solved
 
     ts = torch.tensor([t_start, t_end], dtype=torch.float64, device=x_T.device)
     # step_t: land on t_end exactly; an overshooting step would evaluate t < 0, where sigma is NaN.

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 import torch
 
 
@@ -10,6 +9,8 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2)) (Frechet / 2-Wasserstein between Gaussians)."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
+    import scipy.linalg  # 0.3 s of imports: only when a Frechet distance is computed
+
     covmean = scipy.linalg.sqrtm(cov1 @ cov2)
     covmean = np.real(covmean)
     return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean))
