@@ -1,10 +1,10 @@
-"""Entry point of the training recipes: ``python -m pretrained.train {digits,features} [options]``."""
+"""Entry point of the training recipes: ``python -m pretrained.train {digits,features,lw} [options]``."""
 from __future__ import annotations
 
 import importlib
 import sys
 
-RECIPES = {"digits": "train_digits", "features": "train_features"}
+RECIPES = {"digits": "train_digits", "features": "train_features", "lw": "train_lw"}
 
 
 def main(argv=None):
