@@ -90,7 +90,7 @@ def main(argv=None):
     p.add_argument("--init", choices=INITS, default="digits",
                    help="start from the shipped digits EMA weights (checked against their pin) or from scratch")
     p.add_argument("--holdout-t", type=int, default=8, help="stratified times per holdout image of the bound")
-    p.set_defaults(max_steps=4000, eval_every=400, patience=4)
+    p.set_defaults(max_steps=6000, eval_every=500, patience=4)
     a = p.parse_args(argv)
 
     sch = VPLinear()
