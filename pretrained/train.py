@@ -1,10 +1,10 @@
-"""Entry point of the training recipes: ``python -m pretrained.train {digits,features,lw} [options]``."""
+"""Entry point of the training recipes: ``python -m pretrained.train {digits,features,lw,vdm} [options]``."""
 from __future__ import annotations
 
 import importlib
 import sys
 
-RECIPES = {"digits": "train_digits", "features": "train_features", "lw": "train_lw"}
+RECIPES = {"digits": "train_digits", "features": "train_features", "lw": "train_lw", "vdm": "train_vdm"}
 
 
 def main(argv=None):
