@@ -86,9 +86,16 @@ class ReferenceCache:
         key = f"{ck.name}|{ck.fingerprint}|{seed}|{k}|{t_end}|{device}"
         if key not in self._mem:
             chunks = [(lo, min(lo + REFERENCE_CHUNK, k)) for lo in range(0, k, REFERENCE_CHUNK)]
-            mine = {c: self._chunk(ck, seed, t_end, *c, device).cpu()
-                    for j, c in enumerate(chunks) if j % dist.world_size() == dist.rank()}
-            parts = {c: x for part in dist.gather(mine) for c, x in part.items()}
+            try:
+                mine = {c: self._chunk(ck, seed, t_end, *c, device).cpu()
+                        for j, c in enumerate(chunks) if j % dist.world_size() == dist.rank()}
+            except Exception as exc:  # noqa: BLE001 -- every rank must reach the gather, then all raise alike
+                mine = {"error": f"{type(exc).__name__}: {exc}"}
+            gathered = dist.gather(mine)
+            errors = [g["error"] for g in gathered if "error" in g]
+            if errors:
+                raise RuntimeError(f"reference solution: {errors[0]}")
+            parts = {c: x for part in gathered for c, x in part.items()}
             self._mem[key] = torch.cat([parts[c] for c in chunks]).to(device)
         return self._mem[key]
 

@@ -257,3 +257,18 @@ def test_reads_never_see_a_half_replaced_file(tmp_path):
         stop.set()
         thread.join()
     assert seen > 20
+
+
+def test_a_failing_reference_solution_is_an_error_row(tmp_path):
+    import dataclasses
+
+    import pretrained
+    import samplers
+    from bench.grid import Cell
+    from bench.runner import ReferenceCache, RunOptions, run_cell
+
+    def broken(x_T, t_end):
+        raise FloatingPointError("stalled")
+    ck = dataclasses.replace(pretrained.load("gmm-2d"), reference_solution=broken)
+    row = run_cell(ck, Cell("gmm-2d", samplers.get("ddim"), 6, 0, 12), ReferenceCache(None), RunOptions())
+    assert row["status"] == "error" and "reference solution: FloatingPointError: stalled" in row["error"]
