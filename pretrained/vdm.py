@@ -1,7 +1,7 @@
 """The "digits-vdm" checkpoint: a VDM (Kingma et al. 2021) on the 8x8 digits, with its learned noise schedule.
 
 gamma(t) = -logSNR(t) = -2 lambda_t is VDM's monotone network (``NoiseSchedule_NNet`` of the official model_vdm.py)
-rescaled to learned endpoints gamma_0 < gamma_1 (the paper's appendix); alpha_t^2 = sigmoid(-gamma), sigma_t^2 =
+rescaled, as in the paper, to learned endpoints gamma_0 < gamma_1; alpha_t^2 = sigmoid(-gamma), sigma_t^2 =
 sigmoid(gamma). The eps-prediction UNet is ``nets.UNet`` fed, as VDM's ScoreUNet is, the normalised
 (gamma - GAMMA_MIN) / (GAMMA_MAX - GAMMA_MIN) instead of t, so it is a function of the noise level alone.
 Data stay discrete: the likelihood bound ends in a per-pixel softmax over the 17 levels.
@@ -81,9 +81,9 @@ class GammaNet(nn.Module):
 class VDM(nn.Module):
     """VDM's two learned parts: the eps-prediction UNet (conditioned on gamma) and the schedule gamma(t)."""
 
-    def __init__(self, unet_config: dict | None = None, n_features: int = N_FEATURES):
+    def __init__(self, unet: dict | None = None, n_features: int = N_FEATURES):
         super().__init__()
-        self.net = UNet(**(unet_config or {}))
+        self.net = UNet(**(unet or {}))
         self.gamma = GammaNet(n_features)
         self.config = {"unet": self.net.config, "n_features": n_features}
 
@@ -191,7 +191,7 @@ def prior_loss(x: torch.Tensor, gamma_1: torch.Tensor) -> torch.Tensor:
 
 def diffusion_loss(vdm: VDM, x: torch.Tensor, gamma_t: torch.Tensor, dgamma_t: torch.Tensor,
                    eps: torch.Tensor) -> torch.Tensor:
-    """Continuous-time diffusion term 0.5 gamma'(t) ||eps - eps_hat(z_t, gamma_t)||^2 (gamma_t, gamma'_t per example)."""
+    """The continuous-time diffusion term 0.5 gamma'(t) ||eps - eps_hat(z_t, gamma_t)||^2 per example."""
     g = gamma_t[:, None, None, None]
     z_t = torch.sqrt(torch.sigmoid(-g)) * x + torch.sqrt(torch.sigmoid(g)) * eps
     return 0.5 * dgamma_t * (eps - vdm.eps(z_t, gamma_t)).square().flatten(1).sum(1)

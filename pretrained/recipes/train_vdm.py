@@ -2,11 +2,12 @@
 
 Per step: antithetic times t_i = mod(u + i / B, 1); loss = recon + prior + 0.5 gamma'(t) ||eps - eps_hat||^2 in bits
 per dim, gamma' by autograd. The UNet and the endpoints gamma_0, gamma_1 get the VLB gradient; the shape of the
-schedule gets the gradient of the mean squared diffusion term (VDM sec. 3.5: the VLB does not depend on the shape in
-continuous time, so the shape is spent on the estimator's variance). Adam with warm-up, gradient clipping on the UNet,
-EMA (with warm-up) of every parameter. Resumable from ``--workdir`` (state every ``--ckpt-every`` steps; batches
-depend on the step only). Every ``--eval-every`` steps the EMA model is scored: the bound in bits/dim on the holdout
-split and a quick FID (DDIM, fixed x_T). The EMA weights of the best holdout bound are shipped.
+schedule gets the gradient of the mean squared diffusion term (VDM's variance minimisation: in continuous time the
+VLB depends on the endpoints only, so the shape is spent on the estimator's variance). Adam with warm-up, gradient
+clipping on the UNet, EMA (with warm-up) of every parameter. Resumable from ``--workdir`` (state every
+``--ckpt-every`` steps; batches depend on the step only). Every ``--eval-every`` steps the EMA model is scored: the
+bound in bits/dim on the holdout split and a quick FID (DDIM, fixed x_T). The EMA weights of the best holdout bound
+are shipped; ``--max-minutes`` bounds the training time.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ import samplers
 
 from ..data import digits_split, split_sha256
 from ..digits import DATA_SHAPE, load_feature_net
-from ..vdm import (GAMMA_MAX, GAMMA_MIN, NAME, VDM, VDM_FOLDER, LearnedSchedule, as_model, bits_per_dim, diffusion_loss, prior_loss,
-                   recon_loss, vlb_bits_per_dim)
+from ..vdm import (GAMMA_MAX, GAMMA_MIN, NAME, VDM, VDM_FOLDER, LearnedSchedule, as_model, bits_per_dim,
+                   diffusion_loss, prior_loss, recon_loss, vlb_bits_per_dim)
 from ..weights import save_weights
 from .pins_note import pin_note
 from .train_digits import quantize
@@ -41,7 +42,8 @@ def quick_fid(vdm: VDM, feat_net, ref_stats, x_T: torch.Tensor, nfe: int) -> flo
     x0 = samplers.get("ddim").sample(model, x_T, nfe).float()
     with torch.no_grad():
         f = feat_net.features(quantize(x0)).double()
-    return fid_statistics_to_metric(fid_features_to_statistics(f), ref_stats, verbose=False)["frechet_inception_distance"]
+    out = fid_statistics_to_metric(fid_features_to_statistics(f), ref_stats, verbose=False)
+    return out["frechet_inception_distance"]
 
 
 def train_step(vdm: VDM, x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
