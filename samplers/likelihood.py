@@ -38,7 +38,9 @@ STREAM_VLB_TIME = 13    # the offset of the stratified VLB times
 STREAM_VLB_EPS = 14     # the noise of z_t in the VLB diffusion term
 STREAM_VLB_RECON = 15   # the noise of z_0 in the VLB reconstruction term
 
-T_EPS = 1e-5              # start of the likelihood ODE / VLB (score_sde's eps); the sampling end T_END is 1e-3
+# Start of the likelihood ODE / VLB: the sampling end, so the likelihood is that of the distribution the samplers draw
+# from (p at T_END), inside the t range the shipped networks were trained on ([1e-3, 1]); score_sde uses 1e-5.
+T_EPS = grids.T_END
 ODE_RTOL = ODE_ATOL = 1e-5  # score_sde's RK45 tolerances
 EXACT_DIVERGENCE_MAX_DIM = 1024  # exact divergence costs D backward passes per evaluation; above this use Hutchinson
 LEVEL_TOLERANCE = 1e-3    # data further than this fraction of a bin from a level is not discrete
