@@ -310,10 +310,11 @@ def vdm_bound(model, x, nfe, *, seed, indices, levels, data_range, kind, t_eps, 
     sch = model.schedule
     _check_t_eps(sch, t_eps, who)
     dim, B, shape, dev = x[0].numel(), x.shape[0], tuple(x.shape[1:]), x.device
-    g0, gT = (gamma(sch, torch.tensor(v, dtype=torch.float64)).to(dev) for v in (t_eps, sch.T))
+    g0_host, gT_host = (float(gamma(sch, torch.tensor(v, dtype=torch.float64))) for v in (t_eps, sch.T))
+    g0, gT = (torch.full((), g, dtype=torch.float64, device=dev) for g in (g0_host, gT_host))
     # Reconstruction at t_eps (VDM's t = 0).
     if levels is None:
-        recon = torch.full((B,), 0.5 * dim * (math.log(2 * math.pi) + float(g0) + 1.0), dtype=x.dtype, device=dev)
+        recon = torch.full((B,), 0.5 * dim * (math.log(2 * math.pi) + g0_host + 1.0), dtype=x.dtype, device=dev)
     else:
         a0, s0 = _alpha_sigma(g0)
         z0 = a0.to(x.dtype) * x + s0.to(x.dtype) * _draws(seed, indices, shape, STREAM_VLB_RECON, 1, x)[0].to(x.dtype)

@@ -237,3 +237,23 @@ def test_nll_metrics_merge_ranks_and_standard_error():
     assert torch.equal(merged["idx"], torch.arange(10))
     with pytest.raises(ValueError, match="more than one"):
         NllAccumulator.merge([ranks[0].state(), ranks[0].state()])
+
+
+@pytest.mark.parametrize("name,kw", [("ode_euler", {}), ("ode_rk4", {"divergence": "exact", "truncation": "gaussian"}),
+                                     ("vlb_continuous", {}), ("vlb_continuous", {"time_sampling": "time_uniform"}),
+                                     ("vlb_discrete", {})])
+def test_fixed_nfe_estimators_run_on_the_state_device_and_dtype(name, kw):
+    """On the meta device any read of a value back to the host raises: none happens for continuous data."""
+    import pretrained
+    model = pretrained.load("gmm-16d", "meta").model
+    for dtype in (torch.float32, torch.float64):
+        x = torch.empty(5, 16, device="meta", dtype=dtype)
+        out = L.get_estimator(name, **kw).estimate(model, x, 4, seed=0, indices=range(5))
+        assert all(v.device.type == "meta" and v.dtype == dtype and v.shape == (5,) for v in out.values())
+
+
+def test_float32_state_agrees_with_float64(gmm2d):
+    x = gmm2d.real_data(8, 9)
+    a = _nll(gmm2d, "ode_dopri5", x, None, divergence="exact")["nll_bpd"]
+    b = _nll(gmm2d, "ode_dopri5", x.float(), None, divergence="exact")["nll_bpd"]
+    assert b.dtype == torch.float32 and float((a - b.double()).abs().max()) < 1e-3
