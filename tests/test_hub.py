@@ -102,6 +102,23 @@ def test_bench_run_on_a_hub_folder(tmp_path):
     assert row["status"] == "diverged" and "max |x|" in row["error"]
 
 
+def test_a_checkpoint_name_cannot_steer_files_out_of_the_results_folder(tmp_path):
+    """Names become cache and report paths only through hashes and safe names (the old cache path used the name)."""
+    from bench.cli import main
+
+    _save(tmp_path / "a" / "ckpt")
+    (tmp_path / "r").mkdir()
+    # a relative name that climbs to / first: the old reference cache file (named after it) landed in a/
+    name = "hub:" + "../" * 12 + str(tmp_path / "a" / "ckpt").lstrip("/")
+    before = set(tmp_path.rglob("*"))
+    assert main(["run", "--checkpoint", name, "--nfe", "3", "--sampler", "ddim", "--n-samples", "4", "--seeds", "0",
+                 "--results", str(tmp_path / "r"), "--quiet"]) == 0
+    assert main(["report", "--results", str(tmp_path / "r")]) == 0
+    new = set(tmp_path.rglob("*")) - before
+    assert any(p.name.startswith("reference-") for p in new)
+    assert new and all(p.is_relative_to(tmp_path / "r") for p in new), sorted(new)
+
+
 def _edit_json(path, **changes):
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, **changes}))
