@@ -1,4 +1,6 @@
-"""The "digits" checkpoint: a small eps-prediction UNet trained on scikit-learn's 8x8 digits (VP linear schedule)."""
+"""The "digits" checkpoint: a small eps-prediction UNet trained on scikit-learn's 8x8 digits (VP linear schedule).
+
+"digits-lw" is the same UNet trained with likelihood weighting (recipes/train_lw.py), behind the same metrics."""
 from __future__ import annotations
 
 import torch
@@ -18,6 +20,7 @@ ORACLE_STEPS = 500  # Heun steps of the reference solution (1000 NFE)
 REFERENCE_SAMPLES = 200  # solver error on the first 200 samples of a cell: the reference costs 1000 NFE each
 DEFAULT_N_SAMPLES = 500  # samples per cell of `bench run` (FID against the 300 reference images)
 UNET_FOLDER = WEIGHTS_ROOT / "digits"
+LW_FOLDER = WEIGHTS_ROOT / "digits-lw"  # the same UNet trained with likelihood weighting (recipes/train_lw.py)
 FEATURES_FOLDER = WEIGHTS_ROOT / "digits_features"
 
 
@@ -37,10 +40,10 @@ def as_model(net: UNet, name: str = "digits") -> DiffusionModel:
                           device=_device_of(net))
 
 
-def load_unet(folder=UNET_FOLDER, *, expected_sha256: str | None = None,
+def load_unet(folder=UNET_FOLDER, *, name: str = "digits", expected_sha256: str | None = None,
               trust_manifest: bool = False) -> tuple[UNet, dict]:
-    """The digits UNet (eval mode, CPU) and its manifest; weights checked as ``weights.load_weights`` does."""
-    state, manifest = load_weights(folder, "digits", expected_sha256=expected_sha256, trust_manifest=trust_manifest)
+    """The digits UNet ``name`` (eval mode, CPU) and its manifest; weights checked as ``weights.load_weights`` does."""
+    state, manifest = load_weights(folder, name, expected_sha256=expected_sha256, trust_manifest=trust_manifest)
     net = UNet(**manifest["architecture"]["config"])
     net.load_state_dict(state)
     return net.eval(), manifest
@@ -75,9 +78,9 @@ def ode_solution(net: UNet, x_T: torch.Tensor, t_end: float) -> torch.Tensor:
     return samplers.get("heun", grid="karras", t_end=t_end).sample(model, x_T, 2 * ORACLE_STEPS)
 
 
-def check_weights() -> None:
+def check_weights(folder=UNET_FOLDER, name: str = "digits") -> None:
     """ValueError unless the UNet's and the FID feature network's files match their pins (nothing parsed)."""
-    verify_weights(UNET_FOLDER, "digits")
+    verify_weights(folder, name)
     verify_weights(FEATURES_FOLDER, "digits_features")
 
 
@@ -85,9 +88,22 @@ def check_weights() -> None:
                      description="small UNet trained on scikit-learn 8x8 digits (FID with a digits classifier)",
                      default_n_samples=DEFAULT_N_SAMPLES, check=check_weights)
 def digits(device: torch.device) -> Checkpoint:
-    net, manifest = load_unet()
+    return _unet_checkpoint(device, "digits", UNET_FOLDER, "UNet (0.5M params) on 8x8 digits")
+
+
+@register_checkpoint("digits-lw", data_shape=DATA_SHAPE, schedule="vp_linear", prediction="eps",
+                     description="the digits UNet with likelihood weighting g^2 and importance-sampled t (ScoreFlow)",
+                     default_n_samples=DEFAULT_N_SAMPLES, check=lambda: check_weights(LW_FOLDER, "digits-lw"))
+def digits_lw(device: torch.device) -> Checkpoint:
+    return _unet_checkpoint(device, "digits-lw", LW_FOLDER,
+                            "UNet (0.5M params) on 8x8 digits, likelihood-weighted training")
+
+
+def _unet_checkpoint(device: torch.device, name: str, folder, description: str) -> Checkpoint:
+    """A digits UNet checkpoint: the same reference solution, real data and FID extras for every weights folder."""
+    net, manifest = load_unet(folder, name=name)
     net = net.to(device)
-    return Checkpoint(name="digits", model=as_model(net), description="UNet (0.5M params) on 8x8 digits",
+    return Checkpoint(name=name, model=as_model(net, name), description=description,
                       reference_solution=lambda x_T, t_end: ode_solution(net, x_T, t_end),
                       real_data=real_data, reference_exact=False, reference_samples=REFERENCE_SAMPLES,
                       fingerprint=manifest["weights_sha256"],

@@ -54,7 +54,7 @@ def dequantise(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def lw_loss(net, sch, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Per-pixel mean |eps_theta - eps|^2 with dequantised x0 and t ~ p(t): (2 / (Z D)) x the likelihood-weighted loss."""
+    """Per-pixel mean |eps_theta - eps|^2, x0 dequantised, t ~ p(t): (2 / (Z D)) x the likelihood-weighted loss."""
     x0 = dequantise(x0, g)
     t = importance_t(sch, torch.rand(len(x0), generator=g, dtype=torch.float64))
     eps = torch.randn(x0.shape, generator=g)
@@ -109,8 +109,8 @@ def main(argv=None):
                       "loss": "(g^2 / sigma^2) |eps - eps_theta|^2 / 2, t in [t_min, 1]",
                       "optimised": "per-pixel mean |eps - eps_theta|^2 with t ~ p: the loss times 2 / (Z D)",
                       "Z": z, "bits_per_dim_per_unit_train_loss": z / (2 * math.log(2))},
-        "importance_sampling": {"density": "p(t) = (g(t)^2 / sigma_t^2) / Z on [t_min, 1], Z = gamma(1) - gamma(t_min), "
-                                           "gamma = log(sigma^2 / alpha^2) = -2 lambda",
+        "importance_sampling": {"density": "p(t) = (g(t)^2 / sigma_t^2) / Z on [t_min, 1], "
+                                           "Z = gamma(1) - gamma(t_min), gamma = log(sigma^2 / alpha^2) = -2 lambda",
                                 "sampler": "t = inverse_lambda(lambda(t_min) - u (lambda(t_min) - lambda(1))), "
                                            "u ~ U[0, 1) (exact inverse CDF)"},
         "dequantisation": deq,
