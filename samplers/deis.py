@@ -6,7 +6,7 @@ import torch
 
 from .grids import T_END, time_grid
 from .registry import register, register_preset
-from .state import on_state
+from .state import grid_tables, lincomb, on_state
 
 DEIS_METHODS = ("tab", "rhoab")
 DEIS_ORDERS = (0, 1, 2, 3)
@@ -68,23 +68,27 @@ def _coefficients(sch, method: str, rule: str, s, t, nodes) -> torch.Tensor:
           description="DEIS (Zhang & Chen 2022): exponential multistep, eps extrapolated in t (tab) or rho (rhoab)")
 def deis(model, x, nfe, *, noise, method, order, coefficients, grid, t_end):
     """tAB- / rhoAB-DEIS (Zhang & Chen 2022); order = polynomial degree, order min(i, order) at step i; NFE = steps."""
-    sch = model.schedule
-    ts = time_grid(sch, grid, nfe, t_end)
-    alpha = sch.alpha(ts)
-    knots = ts if method == "tab" else sch.rho(ts)  # the variable eps is extrapolated in
-    # Row i: alpha_{i+1} c_j of step i for eps_{i-j}, j = 0 .. min(i, order), computed for the whole grid first.
-    c = torch.zeros(nfe, order + 1, dtype=torch.float64)
-    for i in range(nfe):
-        nodes = knots[max(0, i - order): i + 1].flip(0)
-        c[i, :len(nodes)] = alpha[i + 1] * _coefficients(sch, method, coefficients, ts[i], ts[i + 1], nodes)
-    ts, ratio, c = on_state(x, ts, alpha[1:] / alpha[:-1], c)
+    ts, ratio, c = on_state(x, *_tables(model.schedule, nfe, method, order, coefficients, grid, t_end))
     eps = []  # eps at t_i, t_{i-1}, ... (newest first)
     for i in range(nfe):
         eps = [model.eps(x, ts[i])] + eps[:order]
         # x_{i+1} = (alpha_{i+1} / alpha_i) x_i + alpha_{i+1} sum_j c_j eps_{i-j}   (x / alpha = v, dv = eps d rho);
-        # c above already holds alpha_{i+1} c_j, so each eps is touched once.
-        x = sum((c[i, j] * e for j, e in enumerate(eps)), ratio[i] * x)
+        # c already holds alpha_{i+1} c_j, so each eps is touched once.
+        x = lincomb((ratio[i], x), *((c[i, j], e) for j, e in enumerate(eps)))
     return x
+
+
+@grid_tables
+def _tables(sch, nfe, method, order, coefficients, grid, t_end):
+    """(ts, alpha_{i+1} / alpha_i, c): row i of c is alpha_{i+1} c_j of step i for eps_{i-j}, j = 0 .. min(i, order)."""
+    ts = time_grid(sch, grid, nfe, t_end)
+    alpha = sch.alpha(ts)
+    knots = ts if method == "tab" else sch.rho(ts)  # the variable eps is extrapolated in
+    c = torch.zeros(nfe, order + 1, dtype=torch.float64)
+    for i in range(nfe):
+        nodes = knots[max(0, i - order): i + 1].flip(0)
+        c[i, :len(nodes)] = alpha[i + 1] * _coefficients(sch, method, coefficients, ts[i], ts[i + 1], nodes)
+    return ts, alpha[1:] / alpha[:-1], c
 
 for _order in DEIS_ORDERS[1:]:
     for _method in DEIS_METHODS:

@@ -15,8 +15,9 @@ from functools import partial
 import torch
 
 from .grids import T_END, T_MAX, time_grid
+from .model import alpha_sigma
 from .registry import Interval, UnsupportedNFE, register, register_preset
-from .state import on_state
+from .state import grid_tables, lincomb, on_state
 
 METHODS = ("singlestep", "singlestep_fixed", "multistep")
 SOLVER_TYPES = ("dpmsolver", "taylor")
@@ -114,8 +115,8 @@ def _predictor(model, data, thresholding="none", threshold_ratio=0.995, threshol
     if not data:
         return model.eps
 
-    def x0(x, t):
-        m = model.x0(x, t)
+    def x0(x, t, alpha_sigma=None):
+        m = model.x0(x, t, alpha_sigma)
         if thresholding == "dynamic":
             # s = max(quantile_p |x0|, max); x0 <- clip(x0, -s, s) / s, per sample.
             q = torch.quantile(m.abs().reshape(m.shape[0], -1), threshold_ratio, dim=1)
@@ -151,17 +152,39 @@ def _sample(model, x, nfe, *, noise, data, order, method, solver_type, lower_ord
     sch = model.schedule
     pred = _predictor(model, data, thresholding, threshold_ratio, threshold_max)
     if method != "multistep":
-        ts, orders = _singlestep_plan(sch, nfe, order, method, grid, t_end)
-        # Intermediate points follow the same grid between s and t (padded with t up to two).
-        mids = torch.stack([torch.cat([time_grid(sch, grid, k, float(t), float(s))[1:-1], t.repeat(3 - k)])
-                            for s, t, k in zip(ts[:-1], ts[1:], orders)])
-        times, r, co = on_state(x, *_singlestep_tables(sch, data, ts[:-1], ts[1:], mids))
+        orders, *tables = _singlestep_grid(sch, data, nfe, order, method, grid, t_end)
+        times, r, co = on_state(x, *tables)
         for j, k in enumerate(orders):
             x, _ = _singlestep_update(pred, x, times[j], r[j], co[j], k, solver_type)
         return x
+    orders, *tables = _multistep_grid(sch, data, nfe, order, solver_type, lower_order_final, grid, t_end, x.dtype)
+    ts, R, nw, a, s = on_state(x, *tables)
+    ms = [pred(x, ts[0], alpha_sigma=(a[0], s[0]))]  # model values at the last `order` grid points, newest last
+    for i, k in enumerate(orders, start=1):
+        # x_i = R x - sum_j w_j m_{-1-j}, the weights stored negated.
+        x = lincomb((R[i - 1], x), *((nw[i - 1, j], ms[-1 - j]) for j in range(k)))
+        if i < nfe:  # the model is never evaluated at the last grid point
+            ms = (ms + [pred(x, ts[i], alpha_sigma=(a[i], s[i]))])[-order:]
+    return x
+
+
+@grid_tables
+def _singlestep_grid(sch, data, nfe, order, method, grid, t_end):
+    """(orders, times, r, co) of a singlestep run: ``_singlestep_plan`` and ``_singlestep_tables``."""
+    ts, orders = _singlestep_plan(sch, nfe, order, method, grid, t_end)
+    # Intermediate points follow the same grid between s and t (padded with t up to two).
+    mids = torch.stack([torch.cat([time_grid(sch, grid, k, float(t), float(s))[1:-1], t.repeat(3 - k)])
+                        for s, t, k in zip(ts[:-1], ts[1:], orders)])
+    return (tuple(orders), *_singlestep_tables(sch, data, ts[:-1], ts[1:], mids))
+
+
+@grid_tables
+def _multistep_grid(sch, data, nfe, order, solver_type, lower_order_final, grid, t_end, dtype):
+    """(orders, ts, R, -w, alpha, sigma) of a multistep run; row i - 1 of w holds C_i times the weights of step
+    i - 1 -> i for the past values newest first; alpha, sigma at ts for the model boundary (a ``dtype`` state).
+    """
     ts = time_grid(sch, grid, nfe, t_end)
-    # Schedule values for the whole grid at once: lambda_i and the coefficients of every step i-1 -> i; row i - 1
-    # of w holds C_i times the weights of step i - 1 -> i, for the past values newest first.
+    # Schedule values for the whole grid at once: lambda_i and the coefficients of every step i-1 -> i.
     lam = sch.lambda_(ts)
     R, C, h, phis = _coefs(sch, data, ts[:-1], ts[1:])
     orders, w = [], torch.zeros(nfe, order, dtype=torch.float64)
@@ -173,15 +196,7 @@ def _sample(model, x, nfe, *, noise, data, order, method, solver_type, lower_ord
         orders.append(k)
         w[i - 1, :k] = C[i - 1] * torch.stack(_multistep_weights(lam[i - k:i], h[i - 1], [p[i - 1] for p in phis],
                                                                 k, solver_type))
-    ts, R, w = on_state(x, ts, R, w)
-    ms = [pred(x, ts[0])]  # model values at the last `order` grid points, newest last
-    for i, k in enumerate(orders, start=1):
-        x = R[i - 1] * x
-        for j in range(k):
-            x = x - w[i - 1, j] * ms[-1 - j]
-        if i < nfe:  # the model is never evaluated at the last grid point
-            ms = (ms + [pred(x, ts[i])])[-order:]
-    return x
+    return (tuple(orders), ts, R, -w, *alpha_sigma(sch, ts, dtype))
 
 
 def _check_nfe(nfe, *, method, order, **_):

@@ -1,9 +1,11 @@
 """Euler on the probability-flow ODE, and Heun's second-order step as in EDM (Karras et al. 2022, Alg. 1)."""
 from __future__ import annotations
 
+import torch
+
 from .grids import T_END, time_grid
 from .registry import UnsupportedNFE, register
-from .state import on_state
+from .state import grid_tables, lincomb, on_state
 
 EULER_SPACES = ("t", "rho")
 
@@ -13,7 +15,14 @@ EULER_SPACES = ("t", "rho")
           description="Euler on the PF-ODE: in t (dx/dt) or, space='rho', EDM's x/alpha vs sigma/alpha")
 def euler(model, x, nfe, *, noise, space, grid, t_end):
     """Explicit Euler; space='t' integrates dx/dt = f x + g^2 eps / (2 sigma), 'rho' is EDM's Euler (= DDIM)."""
-    sch = model.schedule
+    ts, c_x, c_eps = on_state(x, *_euler_tables(model.schedule, nfe, space, grid, t_end))
+    for i in range(nfe):
+        x = lincomb((c_x[i], x), (c_eps[i], model.eps(x, ts[i])))
+    return x
+
+
+@grid_tables
+def _euler_tables(sch, nfe, space, grid, t_end):
     ts = time_grid(sch, grid, nfe, t_end)
     if space == "t":
         (f, g2), sigma, h = sch.drift_diffusion(ts), sch.sigma(ts), ts[1:] - ts[:-1]
@@ -22,10 +31,7 @@ def euler(model, x, nfe, *, noise, space, grid, t_end):
         # d(x/alpha)/d rho = eps, rho = sigma / alpha.
         alpha, rho = sch.alpha(ts), sch.rho(ts)
         c_x, c_eps = alpha[1:] / alpha[:-1], alpha[1:] * (rho[1:] - rho[:-1])
-    ts, c_x, c_eps = on_state(x, ts, c_x, c_eps)
-    for i in range(nfe):
-        x = c_x[i] * x + c_eps[i] * model.eps(x, ts[i])
-    return x
+    return ts, c_x, c_eps
 
 
 def _check_heun(nfe, *, final_euler, **_):
@@ -39,20 +45,25 @@ def _check_heun(nfe, *, final_euler, **_):
           description="Heun's 2nd-order step in EDM's (x/alpha, sigma/alpha) variables; 2 NFE per step")
 def heun(model, x, nfe, *, noise, final_euler, grid, t_end):
     """EDM Algorithm 1 (deterministic): Heun steps; with final_euler the last step is Euler (NFE 2N - 1)."""
-    sch = model.schedule
     steps = (nfe + 1) // 2 if final_euler else nfe // 2
-    ts = time_grid(sch, grid, steps, t_end)
-    alpha, rho = sch.alpha(ts), sch.rho(ts)
-    ts, alpha, h = on_state(x, ts, alpha, rho[1:] - rho[:-1])
+    ts, alpha, h, half_h = on_state(x, *_heun_tables(model.schedule, steps, grid, t_end))
     xb = x / alpha[0]  # x-bar = x / alpha: the ODE is d x-bar / d rho = eps
     for i in range(steps):
         d = model.eps(xb * alpha[i], ts[i])
         # Euler step.
-        x_next = xb + h[i] * d
+        x_next = lincomb(xb, (h[i], d))
         if final_euler and i == steps - 1:
             xb = x_next
             break
-        # Apply 2nd order correction.
+        # Apply 2nd order correction: xb + (h / 2) (d + d_next).
         d_next = model.eps(x_next * alpha[i + 1], ts[i + 1])
-        xb = xb + (0.5 * h[i]) * (d + d_next)
-    return xb * alpha[-1]
+        xb = torch.add(d, d_next).mul_(half_h[i]).add_(xb)
+    return xb.mul_(alpha[-1])
+
+
+@grid_tables
+def _heun_tables(sch, steps, grid, t_end):
+    ts = time_grid(sch, grid, steps, t_end)
+    alpha, rho = sch.alpha(ts), sch.rho(ts)
+    h = rho[1:] - rho[:-1]
+    return ts, alpha, h, 0.5 * h

@@ -23,6 +23,18 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
+def alpha_sigma(schedule: NoiseSchedule, ts: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, sigma) at each time of a host grid (float64), as a model call at that time with a ``dtype`` state has them.
+
+    A solver moves them to the state with its other tables and passes entry i as ``alpha_sigma`` to ``eps`` / ``x0``
+    at ts[i]: converting between prediction types then computes no schedule values per call.
+    """
+    rows = [torch.stack([schedule.alpha(t), schedule.sigma(t)])  # t as the state holds it, one by one as a call does
+            for t in ts.to(dtype).to(torch.float64).unbind()]
+    a, s = torch.stack(rows).unbind(1)
+    return a, s
+
+
 class DiffusionModel:
     """A network ``fn(x, t_in) -> prediction`` seen through its schedule and prediction type.
 
@@ -100,10 +112,10 @@ class DiffusionModel:
 
     def _check_output(self, x: torch.Tensor, out) -> None:
         """The network's output is a floating tensor of exactly x's shape on x's device (metadata only, no sync)."""
-        got = (f"{type(out).__name__}" if not isinstance(out, torch.Tensor)
-               else f"{tuple(out.shape)} {out.dtype} on {out.device}")
         if (not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.shape != x.shape
                 or out.device != x.device):
+            got = (f"{type(out).__name__}" if not isinstance(out, torch.Tensor)
+                   else f"{tuple(out.shape)} {out.dtype} on {out.device}")
             raise ValueError(f"network {self.name!r} returned {got}; expected a floating tensor of shape "
                              f"{tuple(x.shape)} on {x.device}")
 
@@ -114,26 +126,30 @@ class DiffusionModel:
         s = self.schedule.sigma(t).to(x.dtype)
         return (a.reshape(shape) if a.dim() else a), (s.reshape(shape) if s.dim() else s)
 
-    def eps(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Noise prediction eps(x_t, t)."""
+    def eps(self, x: torch.Tensor, t, alpha_sigma=None) -> torch.Tensor:
+        """Noise prediction eps(x_t, t); ``alpha_sigma``: (alpha_t, sigma_t) on x's device in x's dtype, if known."""
         out = self(x, t)
         if self.prediction == "eps":
             return out
-        a, s = self._coefs(x, t)
+        a, s = self._coefs(x, t) if alpha_sigma is None else alpha_sigma
         if self.prediction == "x0":
-            return (x - a * out) / s
+            # (x - a out) / s in one new tensor.
+            r = torch.mul(out, a)
+            return torch.sub(x, r, out=r).div_(s)
         if self.prediction == "v":
             return s * x + a * out
         return -s * out  # score
 
-    def x0(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Data prediction x0(x_t, t)."""
+    def x0(self, x: torch.Tensor, t, alpha_sigma=None) -> torch.Tensor:
+        """Data prediction x0(x_t, t); ``alpha_sigma``: (alpha_t, sigma_t) on x's device in x's dtype, if known."""
         out = self(x, t)
         if self.prediction == "x0":
             return out
-        a, s = self._coefs(x, t)
+        a, s = self._coefs(x, t) if alpha_sigma is None else alpha_sigma
         if self.prediction == "eps":
-            return (x - s * out) / a
+            # (x - s out) / a in one new tensor.
+            r = torch.mul(out, s)
+            return torch.sub(x, r, out=r).div_(a)
         if self.prediction == "v":
             return a * x - s * out
         return (x + s**2 * out) / a  # score

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from .grids import T_END, time_grid
+from .model import alpha_sigma
 from .registry import UnsupportedNFE, register, register_preset
-from .state import on_state
+from .state import grid_tables, lincomb, on_state
 
 UNIPC_VARIANTS = ("bh1", "bh2")
 UNIPC_ORDERS = (1, 2, 3)
@@ -41,11 +42,35 @@ def _rhos(rks, hh, variant: str, p: int):
           description="UniPC (Zhao et al. 2023): multistep UniP + UniC; the corrector reuses the next evaluation")
 def unipc(model, x, nfe, *, noise, variant, order, predict, corrector, lower_order_final, grid, t_end):
     """Multistep UniPC-p with B(h) (Zhao et al. 2023); order i at warm-up step i; NFE = steps."""
-    sch = model.schedule
+    orders, *tables = _tables(model.schedule, nfe, variant, order, predict, lower_order_final, grid, t_end, x.dtype)
+    ts, ratio, wp, wc, a, s = on_state(x, *tables)
+    evaluate = model.x0 if predict == "x0" else model.eps
+    ms = [evaluate(x, ts[0], (a[0], s[0]))]  # model outputs at the last `order` grid points, newest last
+    for i, p in enumerate(orders, start=1):
+        m0, past = ms[-1], ms[-2::-1][:p - 1]  # past: m_{-k} at lambda_{i-1-k}, k = 1, ..
+        # UniP: x_t = ratio x_s + (w_0 m0 + sum_k w_k m_{-k}).
+        terms = [(wp[i - 1, k], mk) for k, mk in enumerate(past, start=1)]
+        x_s, x = x, lincomb((ratio[i - 1], x), lincomb((wp[i - 1, 0], m0), *terms))
+        if i == nfe:
+            break  # the last point is never evaluated, so it gets no corrector
+        m_t = evaluate(x, ts[i], (a[i], s[i]))
+        if corrector:
+            # UniC: x_t = ratio x_s + (w_0 m0 + w_p m_t + sum_k w_k m_{-k}).
+            terms = [(wc[i - 1, k], mk) for k, mk in enumerate(past, start=1)]
+            x = lincomb((ratio[i - 1], x_s), lincomb((wc[i - 1, 0], m0), (wc[i - 1, p], m_t), *terms))
+        ms = (ms + [m_t])[-order:]
+    return x
+
+
+@grid_tables
+def _tables(sch, nfe, variant, order, predict, lower_order_final, grid, t_end, dtype):
+    """(orders, ts, ratio, wp, wc, alpha, sigma): every step's weights (float64, on the host), row i - 1 for step i.
+
+    x_t = ratio x_s + w_0 m0 + sum_k w_k m_{-k} (+ w_p m_t for the corrector), columns k = 1 .. p - 1 the past
+    values; alpha, sigma at ts for the model boundary (a ``dtype`` state).
+    """
     ts = time_grid(sch, grid, nfe, t_end)
     lam, alpha, sigma = sch.lambda_(ts), sch.alpha(ts), sch.sigma(ts)
-    # Every step's weights first (float64, on the host), row i - 1 for step i:
-    # x_t = ratio x_s + w_0 m0 + sum_k w_k m_{-k} (+ w_p m_t for the corrector), columns k = 1 .. p - 1 the past values.
     orders, ratio = [], torch.zeros(nfe, dtype=torch.float64)
     wp, wc = torch.zeros(nfe, order, dtype=torch.float64), torch.zeros(nfe, order + 1, dtype=torch.float64)
     for i in range(1, nfe + 1):
@@ -68,20 +93,7 @@ def unipc(model, x, nfe, *, noise, variant, order, predict, corrector, lower_ord
         # UniC-p: the same sum plus rho_p (m_t - m0), with m_t from the predicted point (no extra NFE).
         w, w_t = [-scale * b_h * rho / r for rho, r in zip(rhos_c[:-1], rks)], -scale * b_h * rhos_c[-1]
         wc[i - 1, :p + 1] = torch.stack([w_base - sum(w) - w_t] + w + [w_t])
-    ts, ratio, wp, wc = on_state(x, ts, ratio, wp, wc)
-    evaluate = model.x0 if predict == "x0" else model.eps
-    ms = [evaluate(x, ts[0])]  # model outputs at the last `order` grid points, newest last
-    for i, p in enumerate(orders, start=1):
-        m0, past = ms[-1], ms[-2::-1][:p - 1]  # past: m_{-k} at lambda_{i-1-k}, k = 1, ..
-        x_s, x = x, ratio[i - 1] * x + sum((wp[i - 1, k] * mk for k, mk in enumerate(past, start=1)), wp[i - 1, 0] * m0)
-        if i == nfe:
-            break  # the last point is never evaluated, so it gets no corrector
-        m_t = evaluate(x, ts[i])
-        if corrector:
-            x = ratio[i - 1] * x_s + sum((wc[i - 1, k] * mk for k, mk in enumerate(past, start=1)),
-                                         wc[i - 1, 0] * m0 + wc[i - 1, p] * m_t)
-        ms = (ms + [m_t])[-order:]
-    return x
+    return (tuple(orders), ts, ratio, wp, wc, *alpha_sigma(sch, ts, dtype))
 
 register_preset("unipc_bh1_3", "unipc", variant="bh1", order=3, description="UniPC-3 with B(h) = h (Zhao et al. 2023)")
 register_preset("unipc_bh2_3", "unipc", variant="bh2", order=3, in_default_sweep=False,
