@@ -6,12 +6,20 @@ Two families behind one registry, ``get_estimator(name, **options).estimate(mode
   (score_sde ``likelihood.py``), log p_eps(x) = log N(x_T; 0, I) + int_{t_eps}^{T} div v dt. The ODE is
   written in lambda = log(alpha / sigma): dx/dlambda = sigma^2 x - sigma eps_hat(x, t(lambda)) (the schedule's
   ``ode_velocity`` times dt/dlambda = sigma^2 / f), bounded as t -> 0 where dx/dt grows like 1/sigma.
+  NFE: one model call per function evaluation, the divergence by backward passes through that call (exact: D of
+  them; Hutchinson: one per probe); Euler 1, Heun 2, RK4 4 per step; dopri5 counts its evaluations (2 + 6 per step,
+  rejected steps included). Discrete data (``levels``) are dequantised x + u, u ~ U[-w/2, w/2) with w the level
+  spacing, so the bins are centred on the values the network was trained on; bits/dim add -log2 w.
+  Truncation at t_eps: "none" evaluates p_eps at the data (score_sde; drops log p(x | x_eps)); "gaussian" draws
+  x_eps ~ q(x_eps | x) and adds the Gaussian decoder's term, exactly D log alpha_eps; "discrete" (no
+  dequantisation) adds VDM's discrete decoder, log p(x | x_eps) - log q(x_eps | x): a bound on P(discrete x).
 * ``vlb_*``: VDM's variational bound on the discrete data: reconstruction + KL(q(z_T | x) || N(0, I)) +
-  diffusion term, with gamma = -2 lambda; continuous time or T discrete steps.
+  diffusion term, with gamma = -2 lambda; continuous time (NFE = time samples) or T discrete steps (NFE = T).
 
 Every random draw (Hutchinson probes, dequantisation, truncation noise, VLB times and noise) comes from
-``SampleNoise`` streams of (seed, sample index), so fixed-step estimates do not depend on batching or ranks.
-Outputs are per-sample tensors (``nll_nats``, ``nll_bpd`` and one ``<family>_<term>_bpd`` per term).
+``SampleNoise`` streams of (seed, sample index), so fixed-step estimates do not depend on batching or ranks
+(dopri5 shares its steps across the batch, as score_sde's solver does). Outputs are per-sample tensors
+(``nll_nats``, ``nll_bpd`` and one ``<family>_<term>_bpd`` per term).
 """
 from __future__ import annotations
 
