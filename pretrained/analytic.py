@@ -9,10 +9,14 @@ from .gmm import GaussianMixture, random_mixture, ring_2d
 from .registry import Checkpoint, register_checkpoint
 
 
+LIKELIHOOD_SEED = 12345  # the held-out points likelihoods are estimated on: exact samples, the same for every cell
+
+
 def _checkpoint(name: str, mix: GaussianMixture, description: str) -> Checkpoint:
     return Checkpoint(name=name, model=mix.as_model(name), description=description,
                       reference_solution=mix.ode_solution, real_data=mix.sample, log_prob=mix.log_prob,
-                      moments=mix.moments(), reference_exact=True, extras={"mixture": mix}, device=mix.device)
+                      moments=mix.moments(), reference_exact=True, extras={"mixture": mix}, device=mix.device,
+                      likelihood_data=lambda n: mix.sample(n, LIKELIHOOD_SEED))
 
 
 @register_checkpoint("gmm-2d", data_shape=(2,), schedule="vp_linear", prediction="eps",

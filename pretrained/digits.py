@@ -15,6 +15,7 @@ from .registry import Checkpoint, register_checkpoint
 from .weights import WEIGHTS_ROOT, load_weights, verify_weights
 
 DATA_SHAPE = (1, 8, 8)
+DATA_LEVELS = 17  # load_digits' pixel values 0..16, scaled to [-1, 1]
 FID_EXTRACTOR = "digits-classifier"
 ORACLE_STEPS = 500  # Heun steps of the reference solution (1000 NFE)
 REFERENCE_SAMPLES = 200  # solver error on the first 200 samples of a cell: the reference costs 1000 NFE each
@@ -99,11 +100,25 @@ def digits_lw(device: torch.device) -> Checkpoint:
                             "UNet (0.5M params) on 8x8 digits, likelihood-weighted training")
 
 
+def holdout_data(n: int) -> torch.Tensor:
+    """The first n images of the "holdout" split (300; seen by neither the UNet nor the FID classifier), on the CPU."""
+    x, _ = digits_split("holdout")
+    if not 1 <= n <= len(x):
+        raise ValueError(f"digits holdout data: the holdout split has {len(x)} images, asked for {n}")
+    return x[:n]
+
+
+def grad_model(net: UNet, name: str) -> DiffusionModel:
+    """The boundary around ``net`` without inference mode: differentiable in x, for the ODE likelihood."""
+    return as_model(net, name).replace(fn=lambda x, t: net(x, t))
+
+
 def _unet_checkpoint(device: torch.device, name: str, folder, description: str) -> Checkpoint:
     """A digits UNet checkpoint: the same reference solution, real data and FID extras for every weights folder."""
     net, manifest = load_unet(folder, name=name)
     net = net.to(device)
     return Checkpoint(name=name, model=as_model(net, name), description=description,
+                      likelihood_data=holdout_data, data_levels=DATA_LEVELS, grad_model=grad_model(net, name),
                       reference_solution=lambda x_T, t_end: ode_solution(net, x_T, t_end),
                       real_data=real_data, reference_exact=False, reference_samples=REFERENCE_SAMPLES,
                       fingerprint=manifest["weights_sha256"],

@@ -33,6 +33,11 @@ class Checkpoint:
         fingerprint: what identifies the weights (their sha256); part of every cache key.
         device: where the model, the mixture parameters and ``reference_solution`` compute; ``real_data`` and
             ``moments`` stay on the CPU (they feed numpy and torch-fidelity).
+        likelihood_data: n -> the first n points (CPU) of the held-out set likelihoods are estimated on
+            (None: the checkpoint has no data to evaluate a likelihood on).
+        data_levels: the data's number of discrete levels on [-1, 1] (17 for digits), None for continuous data.
+        grad_model: the same network behind a boundary that is differentiable in x (no inference mode), for
+            the ODE likelihood's divergence; None where ``model`` already is.
     """
 
     name: str
@@ -47,6 +52,9 @@ class Checkpoint:
     fingerprint: str = ""
     extras: dict = field(default_factory=dict)
     device: torch.device = torch.device("cpu")
+    likelihood_data: Optional[Callable[[int], torch.Tensor]] = None
+    data_levels: Optional[int] = None
+    grad_model: Optional[DiffusionModel] = None
 
     @property
     def data_shape(self) -> tuple:
