@@ -3,6 +3,7 @@ from .registry import (Checkpoint, available, entry, load, register_checkpoint, 
                        validate)
 from . import analytic  # noqa: F401  (registers gmm-2d, gmm-16d)
 from . import digits  # noqa: F401  (registers digits)
+from . import vdm  # noqa: F401  (registers digits-vdm)
 
 __all__ = ["Checkpoint", "available", "entry", "load", "register_checkpoint", "resolve_device", "safe_name",
            "validate"]

@@ -19,15 +19,14 @@ from samplers.model import DiffusionModel
 from samplers.schedules import NoiseSchedule
 
 from .data import MAX_LEVEL, split_sha256
-from .digits import (DATA_SHAPE, DEFAULT_N_SAMPLES, FEATURES_FOLDER, FID_EXTRACTOR, ORACLE_STEPS, REFERENCE_SAMPLES,
-                     real_data)
+from .digits import (DATA_LEVELS, DATA_SHAPE, DEFAULT_N_SAMPLES, FEATURES_FOLDER, FID_EXTRACTOR, ORACLE_STEPS,
+                     REFERENCE_SAMPLES, holdout_data, real_data)
 from .nets import UNet
 from .registry import Checkpoint, register_checkpoint
 from .weights import WEIGHTS_ROOT, load_weights, verify_weights
 
 NAME = "digits-vdm"
 VDM_FOLDER = WEIGHTS_ROOT / NAME
-LEVELS = int(MAX_LEVEL) + 1  # pixel values 0..16, at -1, -7/8, ..., 1
 # Initial endpoints, and the fixed map of gamma to the UNet's [0, 1]: VDM's CIFAR-10 config (-13.3, 5.0) with gamma_min
 # raised by 2 log(255 / 16), so sigma_0 is the same fraction of the level spacing (2 / 16 here, 2 / 255 there).
 GAMMA_MIN, GAMMA_MAX = -13.3 + 2.0 * math.log(255.0 / MAX_LEVEL), 5.0
@@ -169,14 +168,14 @@ class LearnedSchedule(NoiseSchedule):
 # -- the variational bound (VDM eq. 11 / model_vdm.py), per example, in nats -------------------------------------
 
 def levels(x: torch.Tensor) -> torch.Tensor:
-    """Pixel levels 0..16 of images in [-1, 1]."""
-    return torch.round((x + 1.0) * (0.5 * MAX_LEVEL)).long()
+    """Pixel levels 0 .. DATA_LEVELS - 1 of images in [-1, 1]."""
+    return torch.round((x + 1.0) * (0.5 * (DATA_LEVELS - 1))).long()
 
 
 def recon_loss(x: torch.Tensor, gamma_0: torch.Tensor, eps_0: torch.Tensor) -> torch.Tensor:
-    """-log p(x | z_0): z_0 / alpha_0 = x + e^(gamma_0 / 2) eps_0, a softmax over the LEVELS values per pixel."""
+    """-log p(x | z_0): z_0 / alpha_0 = x + e^(gamma_0 / 2) eps_0, a softmax over the DATA_LEVELS values per pixel."""
     scale = torch.exp(0.5 * gamma_0)
-    values = torch.linspace(-1.0, 1.0, LEVELS, dtype=x.dtype, device=x.device)
+    values = torch.linspace(-1.0, 1.0, DATA_LEVELS, dtype=x.dtype, device=x.device)
     logits = -0.5 * ((x + scale * eps_0)[..., None] - values).square() / scale.square()
     logp = torch.log_softmax(logits, -1).gather(-1, levels(x)[..., None])[..., 0]
     return -logp.flatten(1).sum(1)
@@ -244,6 +243,11 @@ def as_model(net: UNet, schedule: LearnedSchedule, name: str = NAME) -> Diffusio
                           device=_device_of(net))
 
 
+def grad_model(net: UNet, schedule: LearnedSchedule, name: str = NAME) -> DiffusionModel:
+    """The boundary without inference mode: differentiable in x, for the ODE likelihood."""
+    return as_model(net, schedule, name).replace(fn=lambda x, t: net(x, schedule.net_time(t).to(x.dtype)))
+
+
 def load_vdm(folder=VDM_FOLDER, *, expected_sha256: str | None = None,
              trust_manifest: bool = False) -> tuple[VDM, dict]:
     """The VDM (UNet + schedule, eval mode, CPU) and its manifest; weights checked as ``weights.load_weights`` does."""
@@ -275,6 +279,7 @@ def digits_vdm(device: torch.device) -> Checkpoint:
     net = vdm.net.to(device)
     return Checkpoint(name=NAME, model=as_model(net, schedule),
                       description="VDM UNet (0.5M params) + learned gamma(t) on 8x8 digits",
+                      likelihood_data=holdout_data, data_levels=DATA_LEVELS, grad_model=grad_model(net, schedule),
                       reference_solution=lambda x_T, t_end: ode_solution(net, schedule, x_T, t_end),
                       real_data=real_data, reference_exact=False, reference_samples=REFERENCE_SAMPLES,
                       fingerprint=manifest["weights_sha256"],
