@@ -24,6 +24,8 @@ def _validate_run_args(args) -> None:
         raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.n_samples is not None and args.n_samples < 1:
         raise ValueError(f"--n-samples {args.n_samples}: must be >= 1")
+    if args.nll_samples < 1:
+        raise ValueError(f"--nll-samples {args.nll_samples}: must be >= 1")
     for seed in args.seeds:
         if not 0 <= seed <= MAX_SEED:
             raise ValueError(f"--seeds {seed}: seeds must be in 0..2**63-1")
@@ -62,7 +64,8 @@ def _cmd_run(args) -> int:
     sampler_objs = resolve_samplers(args.sampler)
     checkpoints = _load_checkpoints(args.checkpoint, device)
     cells = shard_cells([c for name in checkpoints for c in make_cells(
-        [name], sampler_objs, args.nfe, args.seeds, args.n_samples or _default_n(name), state_dtype=args.state_dtype, net_dtype=args.net_dtype)], shard)
+        [name], sampler_objs, args.nfe, args.seeds, args.n_samples or _default_n(name), state_dtype=args.state_dtype, net_dtype=args.net_dtype,
+        n_likelihood=args.nll_samples)], shard)
     ResultsStore(args.results).prepare()  # the last check (writable folder); it creates the folder
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,7 +158,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .check import DEFAULT_ATOL, DEFAULT_RTOL
-    from .grid import DEFAULT_STATE_DTYPE, NET_DTYPES, STATE_DTYPES
+    from .grid import DEFAULT_NLL_SAMPLES, DEFAULT_STATE_DTYPE, NET_DTYPES, STATE_DTYPES
     from .runner import DEFAULT_BATCH
     from samplers.registry import MAX_NFE
 
@@ -172,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds (default: %(default)s); paired across samplers")
     r.add_argument("--n-samples", type=int, default=None,
                    help="samples per cell (default: the checkpoint's, see `bench list`)")
+    r.add_argument("--nll-samples", type=int, default=DEFAULT_NLL_SAMPLES,
+                   help="held-out data points per likelihood (nll:*) cell (default: %(default)s)")
     r.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="samples per model call (default: %(default)s)")
     r.add_argument("--results", default=DEFAULT_RESULTS, help="results folder (default: %(default)s)")
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")

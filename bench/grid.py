@@ -1,4 +1,8 @@
-"""The grid of cells: checkpoint x sampler (+ options) x NFE x seed, each with a stable id."""
+"""The grid of cells: checkpoint x method (+ options) x NFE x seed, each with a stable id.
+
+A method is a sampler of the registry, or a likelihood estimator (``samplers.likelihood``) named
+``nll:<estimator>``; an estimator's cell estimates the NLL of the checkpoint's held-out data.
+"""
 from __future__ import annotations
 
 import ast
@@ -11,6 +15,7 @@ from typing import Iterable, Sequence
 import torch
 
 import samplers
+from samplers import likelihood
 from samplers.registry import Sampler
 
 # --state-dtype / --net-dtype values; "native" computes the network in its own weights' dtype.
@@ -18,6 +23,45 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.
 STATE_DTYPES = ("float64", "float32")
 NET_DTYPES = ("native", "bfloat16", "float16")
 DEFAULT_STATE_DTYPE = "float64"  # on every device: state arithmetic is cheap next to the network
+NLL_PREFIX = "nll:"
+# the adaptive reference, an NLL-vs-NFE curve of the PF-ODE, and VDM's bound against its number of time samples
+DEFAULT_ESTIMATORS = ("ode_dopri5", "ode_heun", "vlb_continuous")
+DEFAULT_NLL_SAMPLES = 100  # held-out data points per likelihood cell
+
+
+class LikelihoodMethod:
+    """A likelihood estimator as a method of the sweep: ``nll:<estimator>`` in the results."""
+
+    stochastic = False
+
+    def __init__(self, estimator: likelihood.Estimator):
+        self.estimator, self.name = estimator, NLL_PREFIX + estimator.name
+        self.options, self.adaptive = estimator.options, estimator.adaptive
+
+    def check_nfe(self, nfe) -> None:
+        self.estimator.check_nfe(nfe)
+
+    def config_json(self) -> str:
+        return self.estimator.config_json()
+
+    def __repr__(self):
+        return f"LikelihoodMethod({self.name}, {self.config_json()})"
+
+
+def available_methods() -> list[str]:
+    """Every sampler and every likelihood estimator (``nll:<name>``)."""
+    return samplers.available() + [NLL_PREFIX + n for n in likelihood.available_estimators()]
+
+
+def get_method(name: str, **options):
+    """A Sampler, or a LikelihoodMethod for ``nll:<estimator>``; ValueError naming what is allowed."""
+    if name.startswith(NLL_PREFIX):
+        est = name[len(NLL_PREFIX):]
+        if est not in likelihood.available_estimators():
+            raise ValueError(f"unknown likelihood estimator {name!r}; allowed: "
+                             f"{[NLL_PREFIX + n for n in likelihood.available_estimators()]}")
+        return LikelihoodMethod(likelihood.get_estimator(est, **options))
+    return samplers.get(name, **options)
 
 
 def parse_sampler_spec(spec: str) -> list[tuple[str, dict]]:
@@ -35,24 +79,28 @@ def parse_sampler_spec(spec: str) -> list[tuple[str, dict]]:
             options[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
             options[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
-    names = sorted(fnmatch.filter(samplers.available(), name)) if any(c in name for c in "*?[") else [name]
+    names = sorted(fnmatch.filter(available_methods(), name)) if any(c in name for c in "*?[") else [name]
     if not names:
-        raise ValueError(f"no sampler matches {name!r}; allowed: {samplers.available()}")
+        raise ValueError(f"no sampler matches {name!r}; allowed: {available_methods()}")
     return [(n, options) for n in names]
 
 
-def resolve_samplers(specs: Sequence[str] | None) -> list[Sampler]:
-    """Sampler objects for CLI specs; None means the registry's default sweep.
+def resolve_samplers(specs: Sequence[str] | None) -> list:
+    """Methods (samplers and likelihood estimators) for CLI specs; None means the default sweep.
 
     One algorithm with one configuration runs once: where a base name and a preset give the same
     function and options (``dpm_solver`` and ``dpm_solver_fast``), the preset's name is kept.
     """
     if not specs:
-        return [samplers.get(n) for n in samplers.available(default_sweep_only=True)]
-    out: dict[tuple, Sampler] = {}
+        return ([samplers.get(n) for n in samplers.available(default_sweep_only=True)]
+                + [get_method(NLL_PREFIX + n) for n in DEFAULT_ESTIMATORS])
+    out: dict[tuple, object] = {}
     for spec in specs:
         for name, options in parse_sampler_spec(spec):
-            s = samplers.get(name, **options)
+            s = get_method(name, **options)
+            if isinstance(s, LikelihoodMethod):
+                out.setdefault((s.name, s.config_json()), s)
+                continue
             key = (s.spec.fn, s.config_json())
             if key not in out or (out[key].spec.base is None and s.spec.base is not None):
                 out[key] = s
@@ -68,7 +116,7 @@ class Cell:
     """
 
     checkpoint: str
-    sampler: Sampler
+    sampler: Sampler | LikelihoodMethod
     nfe: int | None
     seed: int
     n_samples: int
@@ -86,16 +134,22 @@ class Cell:
         return hashlib.sha1(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_cells(checkpoints: Iterable[str], sampler_objs: Iterable[Sampler], nfes: Iterable[int],
+def make_cells(checkpoints: Iterable[str], sampler_objs: Iterable, nfes: Iterable[int],
                seeds: Iterable[int], n_samples: int, *, state_dtype: str = DEFAULT_STATE_DTYPE,
-               net_dtype: str = "native") -> list[Cell]:
-    """The sweep in run order: grouped by checkpoint and seed so x_T and references are shared."""
+               net_dtype: str = "native", n_likelihood: int = DEFAULT_NLL_SAMPLES) -> list[Cell]:
+    """The sweep in run order: grouped by checkpoint and seed so x_T and references are shared.
+
+    A sampler's cell draws ``n_samples`` samples; a likelihood estimator's cell evaluates the first
+    ``n_likelihood`` held-out data points.
+    """
     nfes, sampler_objs = sorted(set(nfes)), list(sampler_objs)
     for n in nfes:
         if n < 1:
             raise ValueError(f"--nfe values must be >= 1, got {n}")
     if n_samples < 1:
         raise ValueError(f"--n-samples must be >= 1, got {n_samples}")
+    if n_likelihood < 1:
+        raise ValueError(f"--nll-samples must be >= 1, got {n_likelihood}")
     if state_dtype not in STATE_DTYPES:
         raise ValueError(f"state dtype {state_dtype!r} is not allowed; allowed: {list(STATE_DTYPES)}")
     if net_dtype not in NET_DTYPES:
@@ -104,8 +158,9 @@ def make_cells(checkpoints: Iterable[str], sampler_objs: Iterable[Sampler], nfes
     for ck in checkpoints:
         for seed in dict.fromkeys(int(s) for s in seeds):
             for s in sampler_objs:
+                n = n_likelihood if isinstance(s, LikelihoodMethod) else n_samples
                 for nfe in ([None] if s.adaptive else nfes):
-                    cells.append(Cell(ck, s, nfe, seed, int(n_samples), state_dtype, net_dtype))
+                    cells.append(Cell(ck, s, nfe, seed, int(n), state_dtype, net_dtype))
     return cells
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ from samplers.grids import T_END
 from . import dist
 from .atomic import atomic_write
 from .devices import describe_device, synchronize
-from .grid import DTYPES, Cell
+from .grid import DTYPES, Cell, LikelihoodMethod
 from .metrics.accumulate import KEEP_SAMPLES, CellAccumulator, cell_metrics
+from .metrics.nll import NllAccumulator, exact_nll_bpd, nll_metrics
 from .provenance import provenance
 from .store import ResultsStore
 
@@ -100,11 +102,10 @@ class ReferenceCache:
         return self._mem[key]
 
 
-def _model_for(ck, cell: Cell, opts: RunOptions, cache: dict):
-    """The checkpoint's model at the cell's network precision (compiled if asked), one per sweep."""
-    key = (cell.checkpoint, cell.net_dtype, opts.compile)
+def _model_for(model, cell: Cell, opts: RunOptions, cache: dict, role: str = "sample"):
+    """The checkpoint's ``model`` at the cell's network precision (compiled if asked), one per sweep and role."""
+    key = (cell.checkpoint, role, cell.net_dtype, opts.compile)
     if key not in cache:
-        model = ck.model
         if cell.net_dtype != "native":
             model = model.replace(autocast_dtype=DTYPES[cell.net_dtype])
         if opts.compile:
@@ -156,6 +157,54 @@ def generate_shard(ck, model, cell: Cell, opts: RunOptions, reference, ref_count
     return {"state": state, "nfe_per_batch": counts, "wall": wall}
 
 
+def likelihood_shard(ck, model, cell: Cell, opts: RunOptions) -> dict:
+    """This rank's share of a likelihood cell: per-sample NLL estimates of held-out data indices r, r + W, ..."""
+    est, device, dtype = cell.sampler.estimator, opts.device, DTYPES[cell.state_dtype]
+    indices = dist.shard(cell.n_samples)
+    try:
+        data = ck.likelihood_data(cell.n_samples)
+        acc, counts, wall = NllAccumulator(), [], 0.0
+        for lo in range(0, len(indices), opts.batch_size):
+            idx = list(indices[lo:lo + opts.batch_size])
+            x = data[idx].to(device, dtype)
+            synchronize(device)
+            start = time.perf_counter()
+            with model.counting() as count:
+                out = est.estimate(model, x, cell.nfe, seed=cell.seed, indices=idx, levels=ck.data_levels)
+            synchronize(device)
+            wall += time.perf_counter() - start
+            counts.append(count.n)
+            acc.update(out, idx)
+        state = acc.state()
+    except Exception as exc:  # noqa: BLE001 -- becomes the cell's error row
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"state": state, "nfe_per_batch": counts, "wall": wall}
+
+
+def run_likelihood_cell(ck, cell: Cell, opts: RunOptions, row: dict, models: dict) -> dict | None:
+    """The row of an ``nll:<estimator>`` cell: NLL of the checkpoint's held-out data in bits/dim, with its terms."""
+    if ck.likelihood_data is None:
+        return row | {"status": "unsupported", "error": f"checkpoint {ck.name!r} has no held-out data to estimate "
+                      f"a likelihood on"} if dist.is_main() else None
+    base = ck.grad_model or ck.model
+    parts = dist.gather(likelihood_shard(ck, _model_for(base, cell, opts, models, "grad"), cell, opts))
+    if not dist.is_main():
+        return None
+    errors = [p["error"] for p in parts if "error" in p]
+    if errors:
+        return row | {"status": "error", "error": errors[0]}
+    counts = [c for p in parts for c in p["nfe_per_batch"]]
+    wall = max(p["wall"] for p in parts)
+    row.update(nfe_counted=sum(counts) / len(counts), wall_clock_s=wall, s_per_sample=wall / cell.n_samples)
+    row.update(nll_metrics(NllAccumulator.merge([p["state"] for p in parts])))
+    if not math.isfinite(row.get("nll_bpd", math.nan)):
+        return row | {"status": "diverged", "error": "a per-sample NLL estimate is not finite"}
+    if ck.log_prob is not None:
+        row["nll_exact_bpd"] = exact_nll_bpd(ck.log_prob, ck.likelihood_data(cell.n_samples).to(ck.device),
+                                             ck.data_levels)
+    return row
+
+
 def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: ResultsStore | None = None,
              models: dict | None = None) -> dict | None:
     """One row (on rank 0; None elsewhere): key, status, timing, metrics. Failures are rows, not exceptions.
@@ -163,6 +212,7 @@ def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: Resu
     With a ``store``, the first KEEP_SAMPLES samples of a finished cell are kept beside the results.
     Every rank must call this for the same cells in the same order (it gathers).
     """
+    models = models if models is not None else {}
     row = {**cell.key, "cell_id": cell.cell_id, "grid": cell.sampler.options.get("grid"),
            "batch_size": opts.batch_size, "status": "ok", "compiled": opts.compile,
            "device": describe_device(opts.device)}
@@ -170,12 +220,13 @@ def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: Resu
         cell.sampler.check_nfe(cell.nfe)
     except UnsupportedNFE as exc:
         return row | {"status": "unsupported", "error": str(exc)} if dist.is_main() else None
+    if isinstance(cell.sampler, LikelihoodMethod):
+        return run_likelihood_cell(ck, cell, opts, row, models)
     try:
         t_end = float(cell.sampler.options.get("t_end", T_END))
         k = min(cell.n_samples, ck.reference_samples or cell.n_samples)
         reference = refs.get(ck, cell.seed, k, t_end, opts.device)
-        part = generate_shard(ck, _model_for(ck, cell, opts, models if models is not None else {}), cell, opts,
-                              reference, k)
+        part = generate_shard(ck, _model_for(ck.model, cell, opts, models), cell, opts, reference, k)
     except Exception as exc:  # noqa: BLE001 -- the reference failed: every rank fails the same way
         part = {"error": f"{type(exc).__name__}: {exc}"}
     parts = dist.gather(part)

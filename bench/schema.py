@@ -33,7 +33,16 @@ COLUMNS: dict[str, str] = {
     "fid": "float64",
     "kid": "float64",
     "kid_std": "float64",
-    "nll_bpd": "float64",
+    "nll_bpd": "float64",            # nll:* cells: mean NLL estimate of held-out data, bits/dim
+    "nll_bpd_se": "float64",         # its standard error over data (probe and dequantisation noise included)
+    "nll_n": "Int64",                # held-out data points it averages
+    "nll_exact_bpd": "float64",      # the exact NLL of the same data where the density is known (mixtures)
+    "ode_prior_bpd": "float64",      # PF-ODE terms: -log N(x_T; 0, I), -int div v dt, truncation at t_eps
+    "ode_flow_bpd": "float64",
+    "ode_truncation_bpd": "float64",
+    "vlb_recon_bpd": "float64",      # VDM bound terms: reconstruction, prior KL, diffusion
+    "vlb_prior_bpd": "float64",
+    "vlb_diffusion_bpd": "float64",
     "max_abs": "float64",
     "run_id": "string",
     "created_at": "string",

@@ -86,3 +86,11 @@ def nll_metrics(merged: dict) -> dict:
            "nll_n": n}
     out.update({k: float(values[k].mean()) for k in ODE_TERMS + VLB_TERMS if k in values})
     return out
+
+
+def exact_nll_bpd(log_prob, x: torch.Tensor, levels: int | None = None) -> float:
+    """Mean exact -log p_0 of data x in bits/dim (with the dequantisation offset for ``levels``), where p_0 is known."""
+    from samplers.likelihood import bits_per_dim
+
+    flat = x.to(torch.float64).flatten(1)
+    return float(bits_per_dim(log_prob(flat), flat.shape[1], levels).mean())
