@@ -18,8 +18,10 @@ from .schema import METRICS
 from .store import ResultsStore
 
 LOG_METRICS = {"solver_error_median", "solver_error_mean", "frechet", "fid", "wall_clock_s"}  # KID can be < 0
-TABLE_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "nll_bpd")
-PLOT_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "nll_bpd", "wall_clock_s")
+TABLE_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik")
+PLOT_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "wall_clock_s")
+NLL_PREFIX = "nll:"  # likelihood estimators' rows (bench.grid.NLL_PREFIX): reported in their own table and plot
+FID_AT = ("dpm_solver++_2m", 20)  # the likelihood table shows each checkpoint's FID at this sampler and NFE
 STATUS_MARK = {"unsupported": "n/a", "diverged": "div.", "error": "err"}
 DEFAULT_REPORT_DIR = "reports"  # `bench report` writes to <results>/reports unless --out names another folder
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # used as a folder name as it is
@@ -264,8 +266,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
                              f"{name!r} (file systems that ignore case included); rename one")
         seen[name.casefold()] = ck
         _inside(out_dir, out_dir / name)
-    for ck, d in df.groupby("checkpoint", dropna=False):
-        d = d.assign(label=sampler_labels(d))
+    for ck, d_all in df.groupby("checkpoint", dropna=False):
+        d_all = d_all.assign(label=sampler_labels(d_all))
+        is_nll = d_all["sampler"].str.startswith(NLL_PREFIX).fillna(False).astype(bool)
+        d, lik = d_all[~is_nll], d_all[is_nll]
         ok = d[d["status"] == "ok"]
         present = [m for m in PLOT_METRICS if ok[m].notna().any()]
         folder = _inside(out_dir, out_dir / checkpoint_folder(ck))
@@ -294,11 +298,80 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         if sample_grid(d, store, _inside(out_dir, folder / "samples.png")):
             written.append(folder / "samples.png")
             parts.append("## Samples (first seed; rows samplers, columns NFE)\n\n![samples](samples.png)\n")
-        bad = d[d["status"] != "ok"]
+        if len(lik):
+            folder_files, text = _likelihood_section(lik, str(ck), out_dir, folder)
+            written += folder_files
+            parts.append(text)
+        bad = d_all[d_all["status"] != "ok"]
         if len(bad):
             parts.append("## Cells that did not finish ok\n\n| sampler | NFE | seed | status | reason |\n|---|---|---|---|---|\n"
                          + "".join(f"| {r.label} | {r.nfe} | {r.seed} | {r.status} | {str(r.error)[:120]} |\n"
                                    for r in bad.itertuples()))
         _inside(out_dir, folder / "README.md").write_text("\n".join(parts))
         written.append(folder / "README.md")
+    nll = df[df["sampler"].str.startswith(NLL_PREFIX).fillna(False).astype(bool) & (df["status"] == "ok")]
+    if len(nll):
+        for suffix, fmt in ((".md", _rows_markdown), (".tex", _rows_latex)):
+            path = _inside(out_dir, out_dir / f"likelihood{suffix}")
+            path.write_text(fmt(*likelihood_table(df)))
+            written.append(path)
     return written
+
+
+def _likelihood_section(lik: pd.DataFrame, title: str, out_dir: Path, folder: Path) -> tuple[list[Path], str]:
+    """nll_bpd against NFE (table and plot) for one checkpoint's likelihood estimators."""
+    files, text = [], ["## nll_bpd: held-out NLL in bits/dim (lower is better)\n"]
+    ok = lik[lik["status"] == "ok"]
+    if ok["nll_bpd"].notna().any():
+        path = _inside(out_dir, folder / "nll.png")
+        plot_metrics(lik, ["nll_bpd", "wall_clock_s"], f"{title}: likelihood", path)
+        files.append(path)
+        text.append("![nll](nll.png)\n")
+    if lik["nfe"].notna().any():
+        table = metric_table(lik, "nll_bpd")
+        for suffix, fmt in ((".md", to_markdown), (".tex", to_latex)):
+            path = _inside(out_dir, folder / f"nll_bpd{suffix}")
+            path.write_text(fmt(*table, "nll_bpd"))
+            files.append(path)
+        text.append(to_markdown(*table, "nll_bpd"))
+    adaptive = ok[ok["nfe"].isna()]
+    if len(adaptive):
+        text.append("Adaptive estimators (they choose their NFE): "
+                    + "; ".join(f"{lab}: {_fmt(g['nll_bpd'].mean())} bits/dim at {g['nfe_counted'].mean():.0f} NFE"
+                                for lab, g in adaptive.groupby("label")) + "\n")
+    return files, "\n".join(text)
+
+
+def likelihood_table(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Rows checkpoint x estimator (x NFE): NLL bits/dim (mean over seeds ± SE over data), NFE, seconds, FID.
+
+    The FID column is the checkpoint's FID at FID_AT (same seeds), so likelihood and sample quality sit side by side.
+    """
+    head = ["checkpoint", "estimator", "NFE", "NLL (bits/dim)", "exact", "seconds", f"FID ({FID_AT[0]}, {FID_AT[1]})"]
+    ok = df[df["status"] == "ok"]
+    nll = ok[ok["sampler"].str.startswith(NLL_PREFIX).fillna(False).astype(bool)].assign(
+        label=lambda d: sampler_labels(d))
+    rows = []
+    for (ck, lab), g in nll.groupby(["checkpoint", "label"]):
+        fid = ok[(ok["checkpoint"] == ck) & (ok["sampler"] == FID_AT[0]) & (ok["nfe"] == FID_AT[1])]["fid"].dropna()
+        for nfe, h in g.groupby(g["nfe"].astype("Float64").fillna(-1)):
+            exact = h["nll_exact_bpd"].dropna()
+            rows.append([str(ck), lab.removeprefix(NLL_PREFIX), f"{h['nfe_counted'].mean():.0f}"
+                         + ("" if nfe >= 0 else " (adaptive)"),
+                         f"{_fmt(h['nll_bpd'].mean())} ± {_fmt(h['nll_bpd_se'].mean())}",
+                         _fmt(exact.mean()) if len(exact) else "", _fmt(h["wall_clock_s"].mean()),
+                         _fmt(fid.mean()) if len(fid) else ""])
+    return head, rows
+
+
+def _rows_markdown(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def _rows_latex(head: list[str], rows: list[list[str]]) -> str:
+    esc = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$")
+    return "\n".join([r"\begin{tabular}{ll" + "r" * (len(head) - 2) + "}", r"\toprule",
+                      " & ".join(esc(h) for h in head) + r" \\", r"\midrule"]
+                     + [" & ".join(esc(c) for c in r) + r" \\" for r in rows]
+                     + [r"\bottomrule", r"\end{tabular}"]) + "\n"
