@@ -113,6 +113,16 @@ def _cmd_list(args) -> int:
         opts = ", ".join(f"{k}={v!r}" for k, v in {**spec.defaults, **spec.fixed}.items())
         print(f"  {'*' if name in default else ' '} {name:28s} {spec.description}")
         print(textwrap.indent(textwrap.fill(opts, 90), " " * 34))
+    from samplers import likelihood
+
+    from .grid import DEFAULT_ESTIMATORS, NLL_PREFIX
+
+    print("likelihood estimators (--sampler nll:NAME; * = in the default sweep):")
+    for name in likelihood.available_estimators():
+        est = likelihood.get_estimator(name)
+        opts = ", ".join(f"{k}={v!r}" for k, v in est.options.items())
+        print(f"  {'*' if name in DEFAULT_ESTIMATORS else ' '} {NLL_PREFIX + name:28s} {est.spec.description}")
+        print(textwrap.indent(textwrap.fill(opts, 90), " " * 34))
     print("time grids:")
     for name in grids.available():
         print(f"    {name}")
