@@ -24,7 +24,7 @@ def same_device(a: torch.device, b: torch.device) -> bool:
 
 
 def alpha_sigma(schedule: NoiseSchedule, ts: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(alpha, sigma) at each time of a host grid (float64), as a model call at that time with a ``dtype`` state has them.
+    """(alpha, sigma) at each time of a host grid (float64) as a model call there with a ``dtype`` state has them.
 
     A solver moves them to the state with its other tables and passes entry i as ``alpha_sigma`` to ``eps`` / ``x0``
     at ts[i]: converting between prediction types then computes no schedule values per call.
