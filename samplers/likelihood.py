@@ -31,7 +31,6 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from torchdiffeq import odeint
 
 from . import grids
 from .noise import SampleNoise
@@ -216,6 +215,8 @@ def _solve_adaptive(model, x, space, t_eps, rtol, atol, probes):
     def in_t(t, y):
         f, g2 = sch.drift_diffusion(t)  # dx/dt = f x + g^2 eps_hat / (2 sigma): the schedule's ode_velocity
         return _flow(model, y[0], t, f.to(x.dtype), (0.5 * g2 / sch.sigma(t)).to(x.dtype), probes)
+
+    from torchdiffeq import odeint  # imports scipy (0.4-0.7 s): only when an adaptive likelihood is solved
 
     t0, t1 = torch.tensor(t_eps, dtype=torch.float64), torch.tensor(sch.T, dtype=torch.float64)
     ends = torch.stack([sch.lambda_(t0), sch.lambda_(t1)]) if space == "lambda" else torch.stack([t0, t1])
