@@ -58,7 +58,7 @@ def test_learned_gamma_is_monotone_and_its_inverse_round_trips(ck):
                                rtol=0, atol=1e-12)
     torch.testing.assert_close(sch.lambda_(t), -0.5 * gamma, rtol=0, atol=0)
     torch.testing.assert_close(sch.alpha(t) ** 2 + sch.sigma(t) ** 2, torch.ones_like(t), rtol=0, atol=1e-14)
-    t = t[::10]  # the inverse costs BISECT_STEPS evaluations per point
+    t = t[::100]  # the inverse costs BISECT_STEPS evaluations per point (201 points, both ends included)
     assert (sch.inverse_lambda(sch.lambda_(t)) - t).abs().max() < 1e-10
     # beyond [gamma_0, gamma_1] the inverse follows the network's monotone extension
     lam = torch.tensor([-0.5 * cfg["gamma_1"] - 3.0, -0.5 * cfg["gamma_0"] + 3.0], dtype=torch.float64)
