@@ -17,7 +17,8 @@ GRID_TABLES_CACHED = 512  # (sampler, schedule, NFE, options) entries whose host
 def grid_tables(fn):
     """Cache a pure function (schedule, NFE, options) -> host tables (tensors never changed afterwards).
 
-    The schedule is keyed by identity; ``on_state`` copies the tables, so no caller can change a cached one.
+    The schedule is keyed by identity (a schedule is never changed once built; a trained one is a new object);
+    ``on_state`` copies the tables, so no caller can change a cached one.
     """
     return lru_cache(maxsize=GRID_TABLES_CACHED)(fn)
 
