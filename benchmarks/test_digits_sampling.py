@@ -22,7 +22,8 @@ TARGET = 1.1
 NFES = (10, 20) if os.environ.get("SAMPLERBENCH_BENCH_FULL") == "1" else (10,)
 SOLVERS = [("DDIM", "ddim"), ("DPM-Solver++(2M)", "dpm_solver++_2m"), ("UniPC bh1-3", "unipc"),
            ("DEIS tAB(3)", "deis_tab3"), ("Heun (EDM)", "heun")]
-_ROWS = []
+COLUMNS = ["solver", "nfe", "sample_cpu_s", "forward_cpu_s", "ratio_cpu", "sample_wall_s", "forward_wall_s",
+           "ratio_wall"]
 
 
 class TimedNet:
@@ -40,6 +41,16 @@ class TimedNet:
 
 
 @pytest.fixture(scope="module")
+def rows():
+    """The rows of this module, printed as one table when it is done."""
+    rows = []
+    yield rows
+    if rows:
+        print("\n" + table(rows, COLUMNS, f"digits UNet, batch {BATCH}, float64 state, "
+                                          f"{torch.get_num_threads()} thread(s)"))
+
+
+@pytest.fixture(scope="module")
 def timed():
     model = pretrained.load("digits").model
     net = TimedNet(model.fn)
@@ -48,7 +59,7 @@ def timed():
 
 @pytest.mark.parametrize("nfe", NFES)
 @pytest.mark.parametrize("label,name", SOLVERS, ids=[s[0] for s in SOLVERS])
-def test_sampling_vs_forward(benchmark, timed, label, name, nfe):
+def test_sampling_vs_forward(benchmark, timed, rows, label, name, nfe):
     model, net = timed
     sampler = samplers.get(name)
     x_T = samplers.initial_noise(0, range(BATCH), model.data_shape)
@@ -67,7 +78,4 @@ def test_sampling_vs_forward(benchmark, timed, label, name, nfe):
            "ratio_wall": clock["wall"] / net.wall}
     row["target_met"] = row["ratio_cpu"] <= TARGET
     benchmark.extra_info.update(row)
-    _ROWS.append(row)
-    print("\n" + table(_ROWS, ["solver", "nfe", "sample_cpu_s", "forward_cpu_s", "ratio_cpu", "sample_wall_s",
-                               "forward_wall_s", "ratio_wall"],
-                       f"digits UNet, batch {BATCH}, float64 state, {torch.get_num_threads()} thread(s)"))
+    rows.append(row)

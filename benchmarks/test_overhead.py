@@ -207,7 +207,18 @@ STEP_CASES = [
     # diffusers' DEIS is its log-rho variant, the closest to our tAB-DEIS(3)
     ("DEIS tAB(3)", "deis_tab3", {}, "diffusers:DEISMultistepScheduler", {"solver_order": 3}, NFE, "deis3"),
 ]
-_STEP_ROWS = []
+STEP_COLUMNS = ["solver", "nfe", "ours_ms", "floor_ms", "floor_same_rounding_ms", "diffusers_loop_ms", "diffusers_ms",
+                "ours/floor", "ours/same_rounding", "ours/diffusers_loop"]
+
+
+@pytest.fixture(scope="module")
+def step_rows():
+    """The rows of test_step_overhead, printed as one table when the module is done."""
+    rows = []
+    yield rows
+    if rows:
+        print("\n" + table(rows, STEP_COLUMNS, "ms per NFE (CPU time, median of interleaved rounds), near-free model, "
+                                              "1000x1x8x8 float64"))
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +230,7 @@ def free_model():
 
 @pytest.mark.benchmark(timer=time.process_time)
 @pytest.mark.parametrize("case", STEP_CASES, ids=[c[0] for c in STEP_CASES])
-def test_step_overhead(benchmark, free_model, case):
+def test_step_overhead(benchmark, free_model, step_rows, case):
     from samplers import diffusers_adapter as adapter
 
     label, ours, ours_opts, theirs, theirs_opts, nfe, kind = case
@@ -244,9 +255,5 @@ def test_step_overhead(benchmark, free_model, case):
     row["floor_target_met"] = row["ours/floor"] <= FLOOR_RATIO_TARGET
     row["diffusers_target_met"] = row["ours/diffusers_loop"] <= 1.0
     benchmark.extra_info.update(row)
-    _STEP_ROWS.append(row)
+    step_rows.append(row)
     benchmark.pedantic(ours_s.sample, args=(free_model, x_T, nfe), rounds=5, iterations=1)
-    print("\n" + table(_STEP_ROWS, ["solver", "nfe", "ours_ms", "floor_ms", "floor_same_rounding_ms",
-                                    "diffusers_loop_ms", "diffusers_ms", "ours/floor", "ours/same_rounding",
-                                    "ours/diffusers_loop"],
-                       "ms per NFE (CPU time, median of interleaved rounds), near-free model, 1000x1x8x8 float64"))

@@ -20,7 +20,20 @@ from timers import table
 
 SIZES = (100, 10_000, 100_000) if os.environ.get("SAMPLERBENCH_BENCH_FULL") == "1" else (100, 10_000)
 ROUNDS = 15
-_RESULTS = {}
+COLUMNS = ["stored_parts", "append_wall_s", "append_cpu_s", "wall_vs_smallest", "cpu_vs_smallest", "fill_s"]
+
+
+@pytest.fixture(scope="module")
+def results():
+    """{size: row}, printed as one table (with each size's ratio to the smallest) when the module is done."""
+    out = {}
+    yield out
+    rows = [out[k] for k in sorted(out)]
+    for r in rows:
+        r["wall_vs_smallest"] = r["append_wall_s"] / rows[0]["append_wall_s"]
+        r["cpu_vs_smallest"] = r["append_cpu_s"] / rows[0]["append_cpu_s"]
+    if rows:
+        print("\n" + table(rows, COLUMNS, f"ResultsStore.append of one row, median of {ROUNDS}"))
 
 
 def _row(cell_id: str) -> dict:
@@ -49,7 +62,7 @@ def _fill(folder, n: int) -> None:
 
 
 @pytest.mark.parametrize("n", SIZES)
-def test_append_is_flat(benchmark, tmp_path, n):
+def test_append_is_flat(benchmark, tmp_path, results, n):
     folder = tmp_path / f"store-{n}"
     t0 = time.perf_counter()
     _fill(folder, n)
@@ -66,13 +79,6 @@ def test_append_is_flat(benchmark, tmp_path, n):
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
     benchmark.pedantic(append, rounds=3, iterations=1)
-    _RESULTS[n] = {"stored_parts": n, "append_wall_s": statistics.median(wall), "append_cpu_s": statistics.median(cpu),
-                   "fill_s": fill_s}
-    rows = [_RESULTS[k] for k in sorted(_RESULTS)]
-    small = rows[0]
-    for r in rows:
-        r["wall_vs_smallest"] = r["append_wall_s"] / small["append_wall_s"]
-        r["cpu_vs_smallest"] = r["append_cpu_s"] / small["append_cpu_s"]
-    benchmark.extra_info.update(_RESULTS[n])
-    print("\n" + table(rows, ["stored_parts", "append_wall_s", "append_cpu_s", "wall_vs_smallest", "cpu_vs_smallest",
-                              "fill_s"], f"ResultsStore.append of one row, median of {ROUNDS}"))
+    results[n] = {"stored_parts": n, "append_wall_s": statistics.median(wall), "append_cpu_s": statistics.median(cpu),
+                  "fill_s": fill_s}
+    benchmark.extra_info.update(results[n])
