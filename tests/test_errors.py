@@ -86,6 +86,10 @@ CASES = [
     ("invalid diffusers option value", lambda t: [*RUN, "--sampler", "diffusers:DPMSolverMultistepScheduler,"
                                                   "algorithm_type=nope", "--results", f"{t}/r"],
      ["algorithm_type", "nope"]),
+    ("likelihood estimator with zero probes", lambda t: [*RUN, "--sampler", "nll:ode_heun,n_probes=0", "--results",
+                                                          f"{t}/r"], ["n_probes", "0"]),
+    ("unknown likelihood estimator", lambda t: [*RUN, "--sampler", "nll:ode_magic", "--results", f"{t}/r"],
+     ["nll:ode_magic", "allowed"]),
     ("unknown checkpoint", lambda t: [*RUN[:1], "--checkpoint", "cifar", "--results", f"{t}/r"], ["cifar", "allowed"]),
     ("hub folder missing", lambda t: [*RUN[:1], "--checkpoint", f"hub:{t}/nowhere", "--results", f"{t}/r"],
      ["nowhere"]),
