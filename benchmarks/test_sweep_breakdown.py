@@ -1,10 +1,10 @@
 """Where the time of the default sweep goes (issue 8, "Speed").
 
 Runs ``python -m bench run --nfe 5 10 20`` on the default checkpoint ``digits`` with the default samplers and
-likelihood estimators, one seed (0), N_SAMPLES samples per cell and NLL_SAMPLES held-out points per likelihood cell
-(the defaults are 500 over 3 seeds and 100; SAMPLERBENCH_BENCH_FULL=1 runs 500 and 100), one thread, into a fresh
-results folder, in a subprocess timed from outside by ``probe.py`` (nothing in the harness changes). Parts, wall and
-CPU seconds, summed over the sweep:
+likelihood estimators, one seed (0), 32 samples per cell and 8 held-out points per likelihood cell (with
+SAMPLERBENCH_BENCH_FULL=1: the defaults, 500 and 50, one seed instead of three), one thread, into a fresh results
+folder, in a subprocess timed from outside by ``probe.py`` (nothing in the harness changes). Parts, wall and CPU
+seconds, summed over the sweep:
   - model: the network's forward calls made by the samplers (the boundary's fn);
   - solver: sampling time (``Sampler.sample``, warm-up calls included) less the model's and noise draws';
   - noise: x_T and sampler-noise draws (per-sample generators);
@@ -28,10 +28,8 @@ from timers import table
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL = os.environ.get("SAMPLERBENCH_BENCH_FULL") == "1"
-N_SAMPLES = 500 if FULL else 32
-NLL_SAMPLES = 100 if FULL else 8
-ARGS = ["run", "--nfe", "5", "10", "20", "--checkpoint", "digits", "--seeds", "0", "--n-samples", str(N_SAMPLES),
-        "--nll-samples", str(NLL_SAMPLES), "--threads", "1", "--quiet"]
+SIZES = [] if FULL else ["--n-samples", "32", "--nll-samples", "8"]
+ARGS = ["run", "--nfe", "5", "10", "20", "--checkpoint", "digits", "--seeds", "0", *SIZES, "--threads", "1", "--quiet"]
 
 
 def _breakdown(results: Path) -> dict:
@@ -63,8 +61,7 @@ def test_sweep_breakdown(benchmark, tmp_path):
     rows.append({"part": "total", "wall_s": total_wall, "cpu_s": r["cpu"], "share_of_wall": 1.0})
     model_w, solver_w = parts["model"][0], parts["solver"][0]
     benchmark.extra_info.update({
-        "command": "python -m bench " + " ".join(ARGS), "n_samples": N_SAMPLES, "nll_samples": NLL_SAMPLES,
-        "seeds": [0],
+        "command": "python -m bench " + " ".join(ARGS), "seeds": [0],
         "parts": {row["part"]: {k: row[k] for k in ("wall_s", "cpu_s", "share_of_wall")} for row in rows},
         "solver_over_model": solver_w / model_w if model_w else None, "calls": r["calls"]})
     print("\n" + table(rows, ["part", "wall_s", "cpu_s", "share_of_wall"],
