@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ class StoreWriteError(OSError):
     """The results folder could not be written (disk full, permissions): stored rows are intact."""
 
 
+@lru_cache(maxsize=1)
 def arrow_schema() -> pa.Schema:
     return pa.Schema.from_pandas(conform(pd.DataFrame(columns=list(COLUMNS))), preserve_index=False)
 

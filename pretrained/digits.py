@@ -30,11 +30,11 @@ def _device_of(net: torch.nn.Module) -> torch.device:
 
 
 def as_model(net: UNet, name: str = "digits") -> DiffusionModel:
-    """The model boundary around ``net`` (eval mode, called under inference mode) on the net's device."""
+    """The model boundary around ``net`` (eval mode, called without autograd) on the net's device."""
     net.eval()
 
     def fn(x, t):
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: torch.compile (--compile) cannot trace through it
             return net(x, t)
 
     return DiffusionModel(fn, VPLinear(), "eps", data_shape=DATA_SHAPE, net_dtype=torch.float32, name=name,
@@ -109,7 +109,7 @@ def holdout_data(n: int) -> torch.Tensor:
 
 
 def grad_model(net: UNet, name: str) -> DiffusionModel:
-    """The boundary around ``net`` without inference mode: differentiable in x, for the ODE likelihood."""
+    """The boundary around ``net`` with autograd: differentiable in x, for the ODE likelihood."""
     return as_model(net, name).replace(fn=lambda x, t: net(x, t))
 
 

@@ -215,7 +215,7 @@ def load_diffusers(path_or_hub_id: str, *, local_files_only: bool | None = None,
     c_in, learned_variance = info.data_shape[0], info.learned_variance
 
     def fn(x, t_in):
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: torch.compile (--compile) cannot trace through it
             out = unet(x, t_in).sample
         return out[:, :c_in] if learned_variance else out
 

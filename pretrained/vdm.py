@@ -232,11 +232,11 @@ def _device_of(net: torch.nn.Module) -> torch.device:
 
 
 def as_model(net: UNet, schedule: LearnedSchedule, name: str = NAME) -> DiffusionModel:
-    """The model boundary: continuous t -> the normalised gamma(t) the UNet takes (eval, inference mode)."""
+    """The model boundary: continuous t -> the normalised gamma(t) the UNet takes (eval, no autograd)."""
     net.eval()
 
     def fn(x, t):
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: torch.compile (--compile) cannot trace through it
             return net(x, schedule.net_time(t).to(x.dtype))
 
     return DiffusionModel(fn, schedule, "eps", data_shape=DATA_SHAPE, net_dtype=torch.float32, name=name,
@@ -244,7 +244,7 @@ def as_model(net: UNet, schedule: LearnedSchedule, name: str = NAME) -> Diffusio
 
 
 def grad_model(net: UNet, schedule: LearnedSchedule, name: str = NAME) -> DiffusionModel:
-    """The boundary without inference mode: differentiable in x, for the ODE likelihood."""
+    """The boundary with autograd: differentiable in x, for the ODE likelihood."""
     return as_model(net, schedule, name).replace(fn=lambda x, t: net(x, schedule.net_time(t).to(x.dtype)))
 
 
