@@ -82,6 +82,13 @@ def test_claims_split_cells_and_expire_with_their_run(tmp_path, monkeypatch):
     # a claim left by a killed process of this host is taken over at once
     (tmp_path / ".cells" / "c2").write_text(f'{{"state": "claimed", "host": "{HOST}", "pid": {_dead_pid()}}}')
     assert store.claim("c2") == "claimed"
+    # a killed process not yet reaped by its parent (a zombie) is dead too
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    zombie.kill()
+    time.sleep(0.3)
+    (tmp_path / ".cells" / "c5").write_text(f'{{"state": "claimed", "host": "{HOST}", "pid": {zombie.pid}}}')
+    assert store.claim("c5") == "claimed"
+    zombie.wait()
     # another host's claim: busy while its heartbeat is fresh, taken over after CLAIM_TTL_S
     marker = tmp_path / ".cells" / "c3"
     marker.write_text('{"state": "claimed", "host": "elsewhere", "pid": 1}')
