@@ -22,7 +22,7 @@ from samplers.schedules import VPDiscrete
 
 from .reference import reference_ode_solution
 from .registry import Checkpoint, resolve_device
-from .weights import file_sha256
+from .weights import file_sha256, read_json_object
 
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 UNET_CLASS = "UNet2DModel"
@@ -84,16 +84,6 @@ def _resolve(source: str, local_files_only: bool) -> Path:
             f"and pass the local folder, or copy the Hugging Face cache there and point HF_HOME at it.") from None
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    return config
-
-
 def _layout(folder: Path) -> tuple[str | None, Path, Path]:
     """(UNet subfolder or None, UNet config, scheduler config) of a pipeline folder or a flat UNet folder."""
     if not any(folder.iterdir()):
@@ -117,7 +107,7 @@ def _weights(unet_dir: Path) -> tuple:
     if (unet_dir / SAFETENSORS_FILE).is_file():
         return (unet_dir / SAFETENSORS_FILE,)
     if (unet_dir / SAFETENSORS_INDEX).is_file():
-        weight_map = _read_json(unet_dir / SAFETENSORS_INDEX).get("weight_map")
+        weight_map = read_json_object(unet_dir / SAFETENSORS_INDEX).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{unet_dir / SAFETENSORS_INDEX}: expected a non-empty 'weight_map' object")
         shards = sorted(set(weight_map.values()), key=str)
@@ -177,7 +167,7 @@ def inspect_folder(source: str, *, local_files_only: bool | None = None) -> HubF
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
     folder = _resolve(source, local_files_only)
     subfolder, unet_file, scheduler_file = _layout(folder)
-    unet_config, scheduler_config = _read_json(unet_file), _read_json(scheduler_file)
+    unet_config, scheduler_config = read_json_object(unet_file), read_json_object(scheduler_file)
     data_shape, learned_variance = _data_shape(unet_file, unet_config)
     betas = _betas(scheduler_file, scheduler_config)
     weights = _weights(unet_file.parent)

@@ -25,6 +25,17 @@ PLAIN_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.safetensors")  # no
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
+def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``; ValueError naming the file if it is not valid JSON or not an object."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
 def file_sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -60,13 +71,7 @@ def read_manifest(folder) -> dict:
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such checkpoint folder; expected a folder with {MANIFEST_FILE} "
                          f"and {WEIGHTS_FILE}")
-    path = file_in_folder(folder, MANIFEST_FILE, "manifest")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{folder / MANIFEST_FILE}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{folder / MANIFEST_FILE}: expected a JSON object, got {type(manifest).__name__}")
+    manifest = read_json_object(file_in_folder(folder, MANIFEST_FILE, "manifest"))
     name = manifest.get("weights_file")
     if not isinstance(name, str) or not PLAIN_FILE_NAME.fullmatch(name):
         raise ValueError(f"{folder / MANIFEST_FILE}: weights_file {name!r} must be a plain file name "

@@ -25,7 +25,7 @@ from torch_fidelity.utils import create_feature_extractor
 from pretrained.digits import FEATURES_FOLDER as DIGITS_WEIGHTS
 from pretrained.digits import FID_EXTRACTOR, load_feature_net
 from pretrained.nets import DigitsClassifier
-from pretrained.weights import read_manifest
+from pretrained.weights import file_sha256, read_manifest
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_LAYER = "2048"
@@ -114,7 +114,7 @@ def inception_weights(path=None) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(URL_INCEPTION_V3, str(partial), progress=False)
-        actual = _file_sha256(partial)
+        actual = file_sha256(partial)
         if actual != INCEPTION_SHA256:
             raise InceptionWeightsError(f"downloaded {URL_INCEPTION_V3}: {_sha256_mismatch(partial, actual)}")
         os.replace(partial, target)
@@ -126,14 +126,6 @@ def inception_weights(path=None) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return target
-
-
-def _file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_inception_state(path) -> dict[str, torch.Tensor]:
