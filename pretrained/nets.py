@@ -36,14 +36,22 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """A two-resolution UNet (8x8 with channels[0], 4x4 with channels[1]) predicting eps(x_t, t)."""
+    """A two-resolution UNet (8x8 with channels[0], 4x4 with channels[1]) predicting eps(x_t, t[, y]).
 
-    def __init__(self, in_channels: int = 1, channels: tuple = (32, 64), emb_dim: int = 128, groups: int = 8):
+    With ``num_classes`` > 0 a class embedding is added to the time embedding; label ``num_classes`` is the null
+    (unconditional) class of classifier-free guidance, and ``y=None`` means the null class for every sample.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: tuple = (32, 64), emb_dim: int = 128, groups: int = 8,
+                 num_classes: int = 0):
         super().__init__()
         c0, c1 = channels
         self.config = {"in_channels": in_channels, "channels": list(channels), "emb_dim": emb_dim, "groups": groups}
-        self.emb_dim = emb_dim
+        if num_classes:  # only where used: the manifests of unconditional checkpoints stay as they were
+            self.config["num_classes"] = num_classes
+        self.emb_dim, self.num_classes = emb_dim, num_classes
         self.time_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)
         self.down0 = ResBlock(c0, c0, emb_dim, groups)                       # 8x8
         self.downsample = nn.Conv2d(c0, c1, 3, stride=2, padding=1)          # 8x8 -> 4x4
@@ -55,8 +63,19 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(groups, c0)
         self.conv_out = nn.Conv2d(c0, in_channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_with_features(x, t, y)[0]
+
+    def forward_with_features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
+        """(output, h, emb): the output of ``forward`` (same operations, same values), the last feature map h
+        (channels[0] x 8 x 8, before the output norm) and the time(+class) embedding (B, emb_dim)."""
         emb = self.time_mlp(timestep_embedding(t, self.emb_dim))
+        if self.class_emb is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            emb = emb + self.class_emb(y)
+        elif y is not None:
+            raise ValueError("this UNet is unconditional (num_classes = 0): call it without labels")
         h0 = self.down0(self.conv_in(x), emb)
         h1 = self.down1(self.downsample(h0), emb)
         h = h1
@@ -64,7 +83,7 @@ class UNet(nn.Module):
             h = block(h, emb)
         h = self.up1(torch.cat([h, h1], 1), emb)
         h = self.up0(torch.cat([self.upsample(h), h0], 1), emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))), h, emb
 
 
 class DigitsClassifier(nn.Module):
