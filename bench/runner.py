@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 import pretrained
-from samplers import SampleNoise, UnsupportedNFE, initial_noise
+from samplers import SampleNoise, Unsupported, initial_noise
 from samplers.grids import T_END
 
 from . import dist
@@ -218,7 +218,9 @@ def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: Resu
            "device": describe_device(opts.device)}
     try:
         cell.sampler.check_nfe(cell.nfe)
-    except UnsupportedNFE as exc:
+        if not isinstance(cell.sampler, LikelihoodMethod):
+            cell.sampler.check_model(ck.model, cell.nfe)  # a student or head this checkpoint lacks
+    except Unsupported as exc:
         return row | {"status": "unsupported", "error": str(exc)} if dist.is_main() else None
     if isinstance(cell.sampler, LikelihoodMethod):
         return run_likelihood_cell(ck, cell, opts, row, models)

@@ -76,6 +76,29 @@ class CheckpointEntry:
 
 
 _REGISTRY: dict[str, CheckpointEntry] = {}
+_HEADS: dict[str, dict[str, tuple]] = {}  # checkpoint -> {head name: (loader, check)}
+
+
+def register_head(checkpoint: str, head: str, loader: Callable[[torch.device], DiffusionModel],
+                  check: Callable[[], None] | None = None) -> None:
+    """Attach a further network (a distilled student, a derivative head) to ``checkpoint``: ``load`` builds it
+    with ``loader(device)`` and passes it to the checkpoint's model as ``heads[head]``; ``check()`` raises
+    ValueError where its weights would not load (``validate`` runs it). Duplicates raise."""
+    if not head or any(c.isspace() for c in head):
+        raise ValueError(f"invalid head name {head!r}")
+    if head in _HEADS.get(checkpoint, {}):
+        raise ValueError(f"checkpoint {checkpoint!r} already has a head {head!r}")
+    _HEADS.setdefault(checkpoint, {})[head] = (loader, check or (lambda: None))
+
+
+def heads_of(checkpoint: str) -> list[str]:
+    """The names of the heads registered for ``checkpoint``."""
+    return sorted(_HEADS.get(checkpoint, {}))
+
+
+def checkpoints_with_head(head: str) -> list[str]:
+    """The checkpoints that have a head named ``head`` (for "which checkpoints have a student" messages)."""
+    return sorted(c for c, heads in _HEADS.items() if head in heads)
 
 
 def register_checkpoint(name: str, *, data_shape: tuple, schedule: str, prediction: str, description: str,
@@ -165,6 +188,8 @@ def validate(name: str, device="cpu") -> CheckpointEntry:
     resolve_device(device)
     e = entry(name)
     e.check()
+    for _, check in _HEADS.get(name, {}).values():
+        check()
     return e
 
 
@@ -178,4 +203,8 @@ def load(name: str, device="cpu") -> Checkpoint:
 
 @lru_cache(maxsize=None)
 def _load(name: str, device: torch.device) -> Checkpoint:
-    return entry(name).loader(device)
+    ck = entry(name).loader(device)
+    if _HEADS.get(name):
+        heads = {**ck.model.heads, **{h: loader(device) for h, (loader, _) in _HEADS[name].items()}}
+        ck.model = ck.model.replace(heads=heads)
+    return ck

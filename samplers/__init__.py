@@ -9,7 +9,7 @@ Usage::
 from .grids import T_END, time_grid
 from .model import PREDICTIONS, DiffusionModel
 from .noise import SampleNoise, initial_noise
-from .registry import (MAX_NFE, Interval, Sampler, UnsupportedNFE, available, describe, get, register, register_preset,
+from .registry import (MAX_NFE, Interval, Sampler, Unsupported, UnsupportedNFE, available, describe, get, register, register_preset,
                        validate_nfe)
 from .schedules import NoiseSchedule, VPCosine, VPDiscrete, VPLinear, make_schedule
 from .state import STATE_DTYPES
@@ -28,6 +28,6 @@ for _module in (
     _importlib.import_module(f".{_module}", __name__)
 
 __all__ = ["DiffusionModel", "PREDICTIONS", "NoiseSchedule", "VPLinear", "VPCosine", "VPDiscrete",
-           "make_schedule", "SampleNoise", "initial_noise", "Sampler", "UnsupportedNFE", "available",
+           "make_schedule", "SampleNoise", "initial_noise", "Sampler", "Unsupported", "UnsupportedNFE", "available",
            "describe", "get", "register", "register_preset", "time_grid", "T_END", "MAX_NFE", "validate_nfe",
            "Interval", "STATE_DTYPES"]

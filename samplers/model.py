@@ -7,7 +7,8 @@ checks the network's output (a floating tensor of x's shape on x's device) from 
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator
+from types import MappingProxyType
+from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -57,11 +58,16 @@ class DiffusionModel:
         device: where x must be (the network's device); "cuda" without an index accepts any GPU.
         autocast_dtype: None, or torch.bfloat16 / torch.float16 to call the network under
             ``torch.autocast`` (mixed precision); the output is cast back to x's dtype.
+        heads: {name: DiffusionModel}: further networks of the same checkpoint and schedule (distilled students,
+            GENIE's derivative head); ``head(name)`` gives a view whose calls count on this model's NFE.
+        derivative_fn: ``(x_in, t_in) -> (out, d out / d gamma)`` from one network pass, gamma = sigma / alpha
+            (GENIE's derivative along the PF-ODE); only for prediction "eps". See ``eps_and_derivative``.
     """
 
     def __init__(self, fn: Callable, schedule: NoiseSchedule, prediction: str = "eps", *,
                  time_input: str = "continuous", data_shape: tuple = (), net_dtype=torch.float32,
-                 name: str = "model", device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None):
+                 name: str = "model", device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
+                 heads: Mapping[str, "DiffusionModel"] | None = None, derivative_fn: Callable | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction type {prediction!r}; allowed: {list(PREDICTIONS)}")
         if time_input not in TIME_INPUTS:
@@ -77,14 +83,54 @@ class DiffusionModel:
             raise ValueError(f"{name}: {device!r} is not a torch device ({e})") from None
         self.fn, self.schedule, self.prediction = fn, schedule, prediction
         self.time_input, self.data_shape, self.net_dtype, self.name = time_input, tuple(data_shape), net_dtype, name
+        if derivative_fn is not None and prediction != "eps":
+            raise ValueError(f"{name}: derivative_fn needs an eps-prediction network, not {prediction!r}")
+        for key, head in (heads or {}).items():
+            if not isinstance(head, DiffusionModel) or head.schedule is not schedule and repr(head.schedule) != repr(schedule):
+                raise ValueError(f"{name}: head {key!r} must be a DiffusionModel on the same schedule")
         self.device, self.autocast_dtype = device, autocast_dtype
-        self.nfe = 0
+        self.heads = MappingProxyType(dict(heads or {}))
+        self.derivative_fn = derivative_fn
+        self._count = [0]  # shared with the views ``head`` returns, so their calls count here
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations made through this boundary and its heads' views."""
+        return self._count[0]
+
+    @nfe.setter
+    def nfe(self, value: int) -> None:
+        self._count[0] = value
+
+    # -- heads: further networks of the checkpoint, counted here ----------------------------
+    def head_names(self) -> list[str]:
+        return sorted(self.heads)
+
+    def has_head(self, name: str) -> bool:
+        return name in self.heads
+
+    def head(self, name: str) -> "DiffusionModel":
+        """The head ``name`` as a boundary whose evaluations count on this model's NFE; Unsupported if absent."""
+        if name not in self.heads:
+            from .registry import Unsupported  # the registry imports this module
+            raise Unsupported(f"checkpoint {self.name!r} has no {name!r} network; it has: "
+                              f"{self.head_names() or 'none'}")
+        view = self.heads[name].replace(autocast_dtype=self.autocast_dtype, device=self.device)
+        view._count = self._count
+        return view
+
+    def eps_and_derivative(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps(x_t, t), d eps / d gamma along the PF-ODE) from one network pass; counts one NFE."""
+        if self.derivative_fn is None:
+            from .registry import Unsupported
+            raise Unsupported(f"network {self.name!r} has no derivative along the ODE (a GENIE head)")
+        return self(x, t, fn=self.derivative_fn)
 
     def replace(self, **changes) -> "DiffusionModel":
         """A new boundary with some constructor arguments changed (e.g. ``autocast_dtype``); NFE counted from 0."""
         fields = dict(fn=self.fn, schedule=self.schedule, prediction=self.prediction, time_input=self.time_input,
                       data_shape=self.data_shape, net_dtype=self.net_dtype, name=self.name, device=self.device,
-                      autocast_dtype=self.autocast_dtype)
+                      autocast_dtype=self.autocast_dtype, heads=self.heads, derivative_fn=self.derivative_fn)
         unknown = sorted(set(changes) - set(fields))
         if unknown:
             raise ValueError(f"DiffusionModel has no argument {unknown}; allowed: {sorted(fields)}")
@@ -92,8 +138,11 @@ class DiffusionModel:
         return DiffusionModel(fields.pop("fn"), fields.pop("schedule"), fields.pop("prediction"), **fields)
 
     # -- the one place the network is called ------------------------------------------------
-    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Raw network output at continuous time t (scalar, 0-d or shape (B,) tensor); counts one NFE."""
+    def __call__(self, x: torch.Tensor, t, *, fn: Callable | None = None):
+        """Raw network output at continuous time t (scalar, 0-d or shape (B,) tensor); counts one NFE.
+
+        ``fn`` replaces the network for this call (``eps_and_derivative``: a tuple of outputs, each checked).
+        """
         if not same_device(self.device, x.device):
             raise ValueError(f"{self.name}: x is on {x.device}, the model on {self.device}")
         t = self._time(x, t).expand(x.shape[0])
@@ -101,7 +150,13 @@ class DiffusionModel:
         self.nfe += 1
         amp = nullcontext() if self.autocast_dtype is None else torch.autocast(x.device.type, self.autocast_dtype)
         with amp:
-            out = self.fn(_as(x, self.net_dtype), _as(t_in, self.net_dtype))
+            out = (fn or self.fn)(_as(x, self.net_dtype), _as(t_in, self.net_dtype))
+        if fn is not None:
+            if not isinstance(out, tuple):
+                raise ValueError(f"network {self.name!r}: derivative_fn returned {type(out).__name__}, not a tuple")
+            for o in out:
+                self._check_output(x, o)
+            return tuple(_as(o, x.dtype) for o in out)
         self._check_output(x, out)
         return _as(out, x.dtype)
 

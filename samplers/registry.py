@@ -64,7 +64,11 @@ class Interval:
 T_END_RANGE = Interval(0.0, grids.T_MAX, "neither")
 
 
-class UnsupportedNFE(ValueError):
+class Unsupported(ValueError):
+    """The sampler cannot run this cell (an NFE budget, a network the checkpoint lacks): an ``unsupported`` row."""
+
+
+class UnsupportedNFE(Unsupported):
     """The sampler cannot spend exactly this NFE budget with these options."""
 
 
@@ -90,6 +94,7 @@ class SamplerSpec:
     adaptive: bool = False
     base: str | None = None
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    requires: Callable[..., None] | None = None
 
 
 _REGISTRY: dict[str, SamplerSpec] = {}
@@ -99,7 +104,7 @@ _LAZY: dict[str, Callable[[], None]] = {}  # name -> registers it on first use (
 def register(name: str, *, defaults: Mapping[str, Any], choices: Mapping[str, tuple] | None = None,
              bounds: Mapping[str, Interval] | None = None, validate: Callable[..., None] | None = None,
              check_nfe: Callable[..., None] = _any_nfe, stochastic: bool | Callable[..., bool] = False, description: str = "",
-             in_default_sweep: bool = True, adaptive: bool = False):
+             in_default_sweep: bool = True, adaptive: bool = False, requires: Callable[..., None] | None = None):
     """Decorator registering ``fn(model, x_T, nfe, *, noise, **options)`` under ``name``.
 
     ``defaults`` lists every option with its default value; ``choices`` restricts an option to a
@@ -110,6 +115,8 @@ def register(name: str, *, defaults: Mapping[str, Any], choices: Mapping[str, tu
     of this runs when a sampler is built. ``stochastic`` is a bool or a function of the
     options (e.g. DDIM draws noise only when eta > 0). An ``adaptive`` sampler chooses its own
     steps from tolerances: it is called with ``nfe=None`` and its NFE is what the count says.
+    ``requires(model, nfe, **options)``, if given, raises ``Unsupported`` where the model lacks what the sampler
+    needs (a distilled student, a student trained for this NFE, a derivative head).
     """
     def deco(fn):
         ch, bd = dict(choices or {}), dict(bounds or {})
@@ -124,7 +131,8 @@ def register(name: str, *, defaults: Mapping[str, Any], choices: Mapping[str, tu
                              f"numeric options without choices or bounds: {unbounded}")
         spec = SamplerSpec(name, fn, MappingProxyType(dict(defaults)), MappingProxyType(ch), MappingProxyType(bd),
                            validate, check_nfe, stochastic,
-                           description or (fn.__doc__ or name).strip().splitlines()[0], in_default_sweep, adaptive)
+                           description or (fn.__doc__ or name).strip().splitlines()[0], in_default_sweep, adaptive,
+                           requires=requires)
         _validate(spec, defaults)  # the defaults themselves must be allowed
         _add(spec)
         return fn
@@ -145,7 +153,7 @@ def register_preset(name: str, base: str, *, description: str = "", in_default_s
     _add(SamplerSpec(name, spec.fn, spec.defaults, spec.choices, spec.bounds, spec.validate, spec.check_nfe,
                      spec.stochastic,
                      description or spec.description, in_default_sweep, spec.adaptive, base=base,
-                     fixed=MappingProxyType(dict(fixed))))
+                     fixed=MappingProxyType(dict(fixed)), requires=spec.requires))
 
 
 def _add(spec: SamplerSpec):
@@ -242,6 +250,11 @@ class Sampler:
             raise UnsupportedNFE(f"NFE must be an integer, got {nfe!r}")
         self.spec.check_nfe(int(nfe), **self.options)
 
+    def check_model(self, model, nfe: int | None) -> None:
+        """Raise ``Unsupported`` if ``model`` lacks a network this sampler needs at ``nfe`` (see ``register``)."""
+        if self.spec.requires is not None:
+            self.spec.requires(model, nfe, **self.options)
+
     def sample(self, model, x_T: torch.Tensor, nfe: int | None, *, noise=None) -> torch.Tensor:
         """Integrate from x_T (at t = T) to t_end spending the NFE budget; returns x at t_end.
 
@@ -249,6 +262,7 @@ class Sampler:
         (a ``SampleNoise`` with x_T's sample indices) is drawn where x_T is.
         """
         self.check_nfe(nfe)
+        self.check_model(model, nfe)
         check_state(x_T, self.name)
         if self.stochastic and noise is None:
             raise ValueError(f"sampler {self.name!r} is stochastic: pass noise=SampleNoise(...)")
