@@ -1,1 +1,52 @@
-"""Distilled students of the digits checkpoint (KD, PD, CD), registered as heads of the checkpoint they come from."""
+"""Distilled students of the digits checkpoint (KD, PD, CD), registered as heads of the checkpoint they come from.
+
+Each head is a v-prediction UNet behind its own model boundary (pretrained.distill.v_model), its weights checked
+against their pin in pins.py. A student is registered only once its weights are pinned; the sampling rules are
+samplers/students.py. Recipes: pretrained/recipes/train_{digits_v,kd,pd,cd}.py.
+"""
+from __future__ import annotations
+
+import torch
+
+from samplers.model import DiffusionModel
+from samplers.students import CD_HEAD, KD_HEAD, PD_PREFIX
+
+from .distill import v_model
+from .nets import UNet
+from .pins import PINNED_SHA256
+from .registry import register_head
+from .weights import WEIGHTS_ROOT, load_weights, verify_weights
+
+TEACHER = "digits"
+KD_FOLDER, PD_FOLDER, CD_FOLDER = (WEIGHTS_ROOT / f"digits-{k}" for k in ("kd", "pd", "cd"))
+PD_STEPS = (8, 4, 2, 1)  # the PD students shipped in digits-pd (keys "n8.", "n4.", ...)
+
+
+def _boundary(state: dict, manifest: dict, head: str, device: torch.device) -> DiffusionModel:
+    net = UNet(**manifest["architecture"]["config"])
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    return v_model(net.eval().to(device), f"{TEACHER}/{head}")
+
+
+def load_student(folder, name: str, head: str, device: torch.device, prefix: str = "") -> DiffusionModel:
+    """The student ``head`` from the weights ``folder`` of checkpoint ``name`` (pin-checked); keys under ``prefix``."""
+    state, manifest = load_weights(folder, name)
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise ValueError(f"{folder}: no weights under {prefix!r}; it holds the students {manifest.get('students')}")
+    return _boundary(state, manifest, head, device)
+
+
+def _register(folder, name: str, head: str, prefix: str = "") -> None:
+    register_head(TEACHER, head, lambda device: load_student(folder, name, head, device, prefix),
+                  check=lambda: verify_weights(folder, name) and None)
+
+
+if "digits-kd" in PINNED_SHA256:
+    _register(KD_FOLDER, "digits-kd", KD_HEAD)
+if "digits-pd" in PINNED_SHA256:
+    for _n in PD_STEPS:
+        _register(PD_FOLDER, "digits-pd", f"{PD_PREFIX}{_n}", prefix=f"n{_n}.")
+if "digits-cd" in PINNED_SHA256:
+    _register(CD_FOLDER, "digits-cd", CD_HEAD)

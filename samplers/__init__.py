@@ -24,6 +24,7 @@ for _module in (
     "deis",
     "diffusers_adapter",
     "unipc",
+    "students",
 ):
     _importlib.import_module(f".{_module}", __name__)
 

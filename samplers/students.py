@@ -1,0 +1,127 @@
+"""Distilled students as samplers: KD (Luhman & Luhman 2021), PD (Salimans & Ho 2022), CD (Song et al. 2023).
+
+A student is a network of the checkpoint (a head, ``model.head(name)``: every evaluation counts on the checkpoint's
+NFE) plus a sampling rule, defined here and used by the training losses too (``pretrained/distill.py``). The
+students were trained to end at ``STUDENT_T_END``; they have no t_end option. A checkpoint without the student, or
+an NFE a PD student was not trained for, raises ``Unsupported`` (an ``unsupported`` row), never a substitute.
+"""
+from __future__ import annotations
+
+import torch
+
+from .ddim import ddim
+from .grids import T_END, time_grid
+from .registry import Unsupported, UnsupportedNFE, register
+
+STUDENT_T_END = T_END  # where every student's samples end (the teacher's ODE solution is compared there)
+SIGMA_DATA = 0.5  # the consistency models' sigma_data (Song et al. 2023, as in EDM)
+KD_HEAD, CD_HEAD, PD_PREFIX = "kd", "cd", "pd:"
+
+
+def _coefs(schedule, t, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha_t, sigma_t) in float64 as scalars or (B, 1, ...) columns, on x's device in x's dtype."""
+    t = torch.as_tensor(t, dtype=torch.float64).to(x.device)
+    a, s = schedule.alpha(t), schedule.sigma(t)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    return [(c.reshape(shape) if c.dim() else c).to(x.dtype) for c in (a, s)]
+
+
+def ddim_jump(x0: torch.Tensor, x: torch.Tensor, a_t, s_t, a_s, s_s) -> torch.Tensor:
+    """DDIM (eta = 0) from t to s given the x0 prediction at (x, t): alpha_s x0 + (sigma_s / sigma_t)(x - alpha_t x0)."""
+    return a_s * x0 + (s_s / s_t) * (x - a_t * x0)
+
+
+def kd_map(student, x_T: torch.Tensor, t_end: float = STUDENT_T_END) -> torch.Tensor:
+    """KD's one-step student: x at t_end = one DDIM jump from T with the student's x0 prediction (1 NFE)."""
+    sch = student.schedule
+    a_T, s_T = _coefs(sch, sch.T, x_T)
+    a_e, s_e = _coefs(sch, t_end, x_T)
+    return ddim_jump(student.x0(x_T, sch.T), x_T, a_T, s_T, a_e, s_e)
+
+
+def consistency_fn(student, x: torch.Tensor, t, t_end: float = STUDENT_T_END) -> torch.Tensor:
+    """f(x, t) = c_skip(t) (alpha_end / alpha_t) x + c_out(t) F(x, t): the consistency function (Song et al. 2023).
+
+    In the scaled variable x / alpha with noise level sigma^ = sigma / alpha: c_skip = sigma_d^2 / ((sigma^_t -
+    sigma^_end)^2 + sigma_d^2) (their eq. for EDM models, shifted so c_skip(t_end) = 1 exactly), c_out = 1 - c_skip,
+    since F is already at data scale: the DDIM jump to t_end with the student's x0 prediction. So f(x, t_end) = x
+    bit for bit, and at t = T, f = F, the one-step DDIM of the v-network it starts from. One NFE.
+    """
+    sch = student.schedule
+    a_t, s_t = _coefs(sch, t, x)
+    a_e, s_e = _coefs(sch, t_end, x)
+    d = s_t / a_t - s_e / a_e
+    c_skip = SIGMA_DATA**2 / (d * d + SIGMA_DATA**2)
+    f = ddim_jump(student.x0(x, t), x, a_t, s_t, a_e, s_e)
+    return (c_skip * (a_e / a_t)) * x + (1 - c_skip) * f
+
+
+def _no_student(kind: str, model) -> Unsupported:
+    try:  # which checkpoints have this student: the checkpoint registry knows (absent where only samplers is used)
+        from pretrained.registry import checkpoints_with_head
+        have = sorted({c for h in (KD_HEAD, CD_HEAD, *(f"{PD_PREFIX}{n}" for n in (1, 2, 4, 8)))
+                       if h.startswith(kind) for c in checkpoints_with_head(h)})
+    except ImportError:
+        have = []
+    return Unsupported(f"{kind} on checkpoint {model.name!r}: no distilled student; students exist for: "
+                       f"{', '.join(have) or 'none'}")
+
+
+def pd_steps(model) -> list[int]:
+    """The step counts of the checkpoint's PD students (heads "pd:N")."""
+    return sorted(int(h[len(PD_PREFIX):]) for h in model.head_names() if h.startswith(PD_PREFIX))
+
+
+def _requires_kd(model, nfe, **_):
+    if not model.has_head(KD_HEAD):
+        raise _no_student("kd", model)
+
+
+def _requires_pd(model, nfe, **_):
+    steps = pd_steps(model)
+    if not steps:
+        raise _no_student("pd", model)
+    if nfe not in steps:
+        raise UnsupportedNFE(f"pd was trained for NFE {steps}; asked {nfe}")
+
+
+def _requires_cd(model, nfe, **_):
+    if not model.has_head(CD_HEAD):
+        raise _no_student("cd", model)
+
+
+def _one_step(nfe: int, **_):
+    if nfe != 1:
+        raise UnsupportedNFE(f"kd is a one-step student: NFE 1 only; asked {nfe}")
+
+
+@register("kd", defaults={}, check_nfe=_one_step, requires=_requires_kd,
+          description="knowledge distillation (Luhman & Luhman 2021): one-step student of the teacher's ODE")
+def kd(model, x, nfe, *, noise):
+    """Luhman & Luhman 2021: x_end = the student's map of x_T (one evaluation)."""
+    return kd_map(model.head(KD_HEAD), x)
+
+
+@register("pd", defaults={}, requires=_requires_pd,
+          description="progressive distillation (Salimans & Ho 2022): the N-step student, DDIM, time-uniform grid")
+def pd(model, x, nfe, *, noise):
+    """Salimans & Ho 2022: DDIM with the student distilled for ``nfe`` steps, on the grid it was trained on."""
+    return ddim(model.head(f"{PD_PREFIX}{nfe}"), x, nfe, noise=None, eta=0.0, grid="time_uniform",
+                t_end=STUDENT_T_END)
+
+
+@register("cd", defaults={"grid": "karras"}, requires=_requires_cd, stochastic=True,
+          description="consistency distillation (Song et al. 2023): multistep consistency sampling")
+def cd(model, x, nfe, *, noise, grid):
+    """Song et al. 2023, Algorithm 1: f at T, then nfe - 1 times re-noise to the grid's next time and apply f."""
+    f = model.head(CD_HEAD)
+    sch = f.schedule
+    ts = time_grid(sch, grid, nfe, STUDENT_T_END)
+    a_e, s_e = _coefs(sch, STUDENT_T_END, x)
+    x = consistency_fn(f, x, ts[0])
+    for t in ts[1:-1]:
+        # Re-noise in the scaled variable: x/alpha_t = x_end/alpha_end + sqrt(sigma^_t^2 - sigma^_end^2) z.
+        a_t, s_t = _coefs(sch, t, x)
+        x = a_t * (x / a_e + ((s_t / a_t) ** 2 - (s_e / a_e) ** 2).sqrt() * noise.randn())
+        x = consistency_fn(f, x, t)
+    return x
