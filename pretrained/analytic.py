@@ -6,7 +6,7 @@ import torch
 from samplers.schedules import VPLinear
 
 from .gmm import GaussianMixture, random_mixture, ring_2d
-from .registry import Checkpoint, register_checkpoint
+from .registry import Checkpoint, register_checkpoint, register_head
 
 
 LIKELIHOOD_SEED = 12345  # the held-out points likelihoods are estimated on: exact samples, the same for every cell
@@ -29,3 +29,15 @@ def gmm_2d(device: torch.device) -> Checkpoint:
                      description="analytic 6-mode diagonal mixture in 16-d (exact score, exact ODE oracle)")
 def gmm_16d(device: torch.device) -> Checkpoint:
     return _checkpoint("gmm-16d", random_mixture(VPLinear(), device=device), "analytic 6-mode mixture in 16-d")
+
+
+# GENIE's derivative head with the exact d eps / d gamma (autograd JVP of the exact eps), as the genie sampler reads it.
+MIXTURES = {"gmm-2d": ring_2d, "gmm-16d": random_mixture}
+
+
+def _exact_genie_head(name: str):
+    return lambda device: MIXTURES[name](VPLinear(), device=device).as_model(f"{name}/genie", derivative=True)
+
+
+for _name in MIXTURES:
+    register_head(_name, "genie", _exact_genie_head(_name))

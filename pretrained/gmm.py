@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from samplers.genie import eps_derivative
 from samplers.model import DiffusionModel
 from samplers.schedules import NoiseSchedule
 
@@ -71,9 +72,15 @@ class GaussianMixture:
         """Exact noise prediction -sigma_t * score, the analytic 'network'."""
         return -self._time(self.schedule.sigma, t).reshape(-1, 1) * self.score(x, t)
 
-    def as_model(self, name: str) -> DiffusionModel:
+    def eps_and_derivative(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, d eps / d gamma along the PF-ODE), exact: one JVP of the exact eps (GENIE's derivative; t: (B,))."""
+        return eps_derivative(self.eps, self.schedule, x, t)
+
+    def as_model(self, name: str, derivative: bool = False) -> DiffusionModel:
+        """The analytic 'network' behind the model boundary; ``derivative``: with its exact ``derivative_fn``."""
         return DiffusionModel(self.eps, self.schedule, "eps", data_shape=(self.dim,), net_dtype=torch.float64,
-                              name=name, device=self.device)
+                              name=name, device=self.device,
+                              derivative_fn=self.eps_and_derivative if derivative else None)
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """Exact samples from p_0, on the CPU (the same numbers whatever the mixture's device)."""

@@ -1,11 +1,12 @@
-"""Entry point of the training recipes: ``python -m pretrained.train {digits,features,lw,vdm,digits-v,kd,pd,cd} [options]``."""
+"""Entry point of the training recipes: ``python -m pretrained.train {digits,features,lw,vdm,digits-v,kd,pd,cd,genie} [options]``."""
 from __future__ import annotations
 
 import importlib
 import sys
 
 RECIPES = {"digits": "train_digits", "features": "train_features", "lw": "train_lw", "vdm": "train_vdm",
-           "digits-v": "train_digits_v", "kd": "train_kd", "pd": "train_pd", "cd": "train_cd"}
+           "digits-v": "train_digits_v", "kd": "train_kd", "pd": "train_pd", "cd": "train_cd",
+           "genie": "train_genie"}
 
 
 def main(argv=None):

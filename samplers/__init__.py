@@ -25,6 +25,7 @@ for _module in (
     "diffusers_adapter",
     "unipc",
     "students",
+    "genie",
 ):
     _importlib.import_module(f".{_module}", __name__)
 
