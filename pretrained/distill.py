@@ -216,12 +216,9 @@ def fit(work: Path, net: UNet, loss_fn: Callable[[UNet, torch.Generator, int], t
     return {**out, "state": load_file(str(work / "best_ema.safetensors"))}
 
 
-def write_curve(path: Path, result: dict, extra: dict | None = None) -> None:
-    """training_curve.csv: step, train loss, elapsed seconds, the evaluation columns (and constant ``extra`` ones)."""
-    extra = extra or {}
-    new = not path.exists()
-    with open(path, "a" if extra and not new else "w", newline="") as f:
+def write_curve(path: Path, result: dict) -> None:
+    """training_curve.csv of a ``fit`` result: step, mean train loss since the last row, elapsed s, evaluations."""
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        if new or not extra:
-            w.writerow([*extra, "step", "train_loss", "elapsed_s", *result["columns"]])
-        w.writerows([[*extra.values(), *row] for row in result["curve"]])
+        w.writerow(["step", "train_loss", "elapsed_s", *result["columns"]])
+        w.writerows(result["curve"])

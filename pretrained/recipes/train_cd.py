@@ -74,7 +74,7 @@ def main(argv=None):
                     next(r for r in result["curve"] if r[0] == result["best_step"])))
     manifest = base_manifest("digits-cd", a, teacher_manifest,
                              {"from": "digits-v", "weights_sha256": v_manifest["weights_sha256"]},
-                             "cd (multistep consistency sampling, Karras-grid re-noising times), 1, 2 and 4 NFE")
+                             "cd (multistep consistency sampling, logSNR-grid re-noising times), 1, 2 and 4 NFE")
     manifest = save_weights(out, result["state"], {
         **manifest, "student": "cd",
         "method": "consistency distillation (Song et al. 2023, Algorithm 2); f = samplers.students.consistency_fn",
