@@ -92,7 +92,7 @@ def main(argv=None):
                                                "reference": "pretrained.digits.ode_solution (Heun, 1000 NFE)"}},
         "training": {"steps": result["best_step"], "steps_run": result["steps_run"], "seconds": result["seconds"],
                      "seconds_with_data_set": round(result["seconds"] + float(data["seconds"]), 1),
-                     "final_loss": best[1], "best_fid_nfe1": best[3],
+                     "final_loss": result["curve"][-1][1], "best_fid_nfe1": best[3],
                      "recipe": "python -m pretrained.train kd", "curve": "training_curve.csv"}})
     print(f"shipped step {result['best_step']}, quick FID {best[3]:.3f}, sha256 {manifest['weights_sha256'][:12]}")
     print(pin_note("digits-kd", out, manifest["weights_sha256"]))

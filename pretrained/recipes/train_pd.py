@@ -56,7 +56,8 @@ def main(argv=None):
         best = next(r for r in result["curve"] if r[0] == result["best_step"])
         rounds.append({"student_steps": n, "teacher": ("digits (eps), DDIM" if n == a.start else "previous student, DDIM")
                        + f" at {2 * n} steps", "steps": result["best_step"], "steps_run": result["steps_run"],
-                       "seconds": result["seconds"], "final_loss": best[1], "fid_at_start": result["curve"][0][3],
+                       "seconds": result["seconds"], "final_loss": result["curve"][-1][1],
+                       "fid_at_start": result["curve"][0][3],
                        "best_fid": best[3], "curve": [[r[0], r[1], r[3]] for r in result["curve"]]})
         state = result["state"]
         if n in a.ship:
