@@ -31,6 +31,23 @@ def _validate_run_args(args) -> None:
             raise ValueError(f"--seeds {seed}: seeds must be in 0..2**63-1")
     for nfe in args.nfe:
         validate_nfe(nfe, allow_large=args.allow_large_nfe)
+    if args.guidance is not None:
+        from samplers.model import check_guidance
+        for g in args.guidance:
+            try:
+                check_guidance(g)
+            except ValueError as exc:
+                raise ValueError(f"--guidance {g:g}: {exc}") from None
+
+
+def _check_guidance_checkpoints(checkpoints: dict, guidance) -> None:
+    """--guidance needs conditional checkpoints: an unconditional one stops the run before any cell."""
+    if guidance is None:
+        return
+    uncond = [name for name, ck in checkpoints.items() if ck.model.condition is None]
+    if uncond:
+        raise ValueError(f"--guidance: checkpoint {uncond[0]!r} is unconditional (no class labels to guide with); "
+                         f"guidance needs a conditional checkpoint such as 'digits-cond'")
 
 
 def _load_checkpoints(names, device) -> dict:
@@ -63,9 +80,10 @@ def _cmd_run(args) -> int:
     device = resolve_device(args.device)
     sampler_objs = resolve_samplers(args.sampler)
     checkpoints = _load_checkpoints(args.checkpoint, device)
+    _check_guidance_checkpoints(checkpoints, args.guidance)
     cells = shard_cells([c for name in checkpoints for c in make_cells(
         [name], sampler_objs, args.nfe, args.seeds, args.n_samples or _default_n(name), state_dtype=args.state_dtype, net_dtype=args.net_dtype,
-        n_likelihood=args.nll_samples)], shard)
+        n_likelihood=args.nll_samples, guidance=args.guidance)], shard)
     ResultsStore(args.results).prepare()  # the last check (writable folder); it creates the folder
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -183,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NAME[,key=value...], NAME may be a glob such as 'diffusers:*' (default: the default sweep)")
     r.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
                    help="seeds (default: %(default)s); paired across samplers")
+    r.add_argument("--guidance", type=float, nargs="+", default=None, metavar="SCALE",
+                   help="classifier-free guidance scales, e.g. 1 2 4 8 (a conditional checkpoint such as digits-cond; "
+                        "0: unconditional, 1: conditional; default: unguided sampling)")
     r.add_argument("--n-samples", type=int, default=None,
                    help="samples per cell (default: the checkpoint's, see `bench list`)")
     r.add_argument("--nll-samples", type=int, default=DEFAULT_NLL_SAMPLES,

@@ -1,4 +1,4 @@
-"""The grid of cells: checkpoint x method (+ options) x NFE x seed, each with a stable id.
+"""The grid of cells: checkpoint x method (+ options) x NFE x guidance scale x seed, each with a stable id.
 
 A method is a sampler of the registry, or a likelihood estimator (``samplers.likelihood``) named
 ``nll:<estimator>``; an estimator's cell estimates the NLL of the checkpoint's held-out data.
@@ -16,6 +16,7 @@ import torch
 
 import samplers
 from samplers import likelihood
+from samplers.model import check_guidance
 from samplers.registry import Sampler
 
 # --state-dtype / --net-dtype values; "native" computes the network in its own weights' dtype.
@@ -112,7 +113,8 @@ class Cell:
     """One benchmark cell; ``nfe`` is None for adaptive samplers (they choose their own).
 
     ``state_dtype`` (solver state) and ``net_dtype`` (network precision) change the numbers, so they are
-    part of the cell's identity.
+    part of the cell's identity; so is ``guidance``, the classifier-free guidance scale of a conditional
+    checkpoint's cell (None: unconditional sampling, and a cell id as before guidance existed).
     """
 
     checkpoint: str
@@ -122,25 +124,32 @@ class Cell:
     n_samples: int
     state_dtype: str = DEFAULT_STATE_DTYPE
     net_dtype: str = "native"
+    guidance: float | None = None
 
     @property
     def key(self) -> dict:
         return {"checkpoint": self.checkpoint, "sampler": self.sampler.name,
                 "sampler_config": self.sampler.config_json(), "nfe": self.nfe, "seed": self.seed,
-                "n_samples": self.n_samples, "state_dtype": self.state_dtype, "net_dtype": self.net_dtype}
+                "n_samples": self.n_samples, "state_dtype": self.state_dtype, "net_dtype": self.net_dtype,
+                "guidance": self.guidance}
 
     @property
     def cell_id(self) -> str:
-        return hashlib.sha1(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
+        key = self.key
+        if key["guidance"] is None:  # unguided cells keep the ids they had before the guidance axis
+            del key["guidance"]
+        return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def make_cells(checkpoints: Iterable[str], sampler_objs: Iterable, nfes: Iterable[int],
                seeds: Iterable[int], n_samples: int, *, state_dtype: str = DEFAULT_STATE_DTYPE,
-               net_dtype: str = "native", n_likelihood: int = DEFAULT_NLL_SAMPLES) -> list[Cell]:
+               net_dtype: str = "native", n_likelihood: int = DEFAULT_NLL_SAMPLES,
+               guidance: Iterable[float] | None = None) -> list[Cell]:
     """The sweep in run order: grouped by checkpoint and seed so x_T and references are shared.
 
-    A sampler's cell draws ``n_samples`` samples; a likelihood estimator's cell evaluates the first
-    ``n_likelihood`` held-out data points.
+    A sampler's cell draws ``n_samples`` samples, once per classifier-free ``guidance`` scale if given (None:
+    unconditional); a likelihood estimator's cell evaluates the first ``n_likelihood`` held-out data points
+    (unguided: it is the likelihood of the checkpoint's unconditional model).
     """
     nfes, sampler_objs = sorted(set(nfes)), list(sampler_objs)
     for n in nfes:
@@ -154,13 +163,17 @@ def make_cells(checkpoints: Iterable[str], sampler_objs: Iterable, nfes: Iterabl
         raise ValueError(f"state dtype {state_dtype!r} is not allowed; allowed: {list(STATE_DTYPES)}")
     if net_dtype not in NET_DTYPES:
         raise ValueError(f"network dtype {net_dtype!r} is not allowed; allowed: {list(NET_DTYPES)}")
+    scales = [None] if guidance is None else sorted({check_guidance(g) for g in guidance})
+    if not scales:
+        raise ValueError("--guidance needs at least one scale; allowed: numbers >= 0")
     cells = []
     for ck in checkpoints:
         for seed in dict.fromkeys(int(s) for s in seeds):
             for s in sampler_objs:
                 n = n_likelihood if isinstance(s, LikelihoodMethod) else n_samples
                 for nfe in ([None] if s.adaptive else nfes):
-                    cells.append(Cell(ck, s, nfe, seed, int(n), state_dtype, net_dtype))
+                    for g in [None] if isinstance(s, LikelihoodMethod) else scales:
+                        cells.append(Cell(ck, s, nfe, seed, int(n), state_dtype, net_dtype, g))
     return cells
 
 

@@ -1,4 +1,5 @@
-"""Reports: per checkpoint, metric-vs-NFE plots and paper-style tables (Markdown and LaTeX booktabs).
+"""Reports: per checkpoint, metric-vs-NFE plots and paper-style tables (Markdown and LaTeX booktabs); guided cells
+(a ``guidance`` scale) in their own section: metrics against the guidance scale, per NFE.
 
 Every file is written inside the output folder: a checkpoint's folder name is the checkpoint name when
 that is a plain file name, else ``pretrained.safe_name`` of it (checkpoint names come from results files,
@@ -25,6 +26,7 @@ FID_AT = ("dpm_solver++_2m", 20)  # the likelihood table shows each checkpoint's
 STATUS_MARK = {"unsupported": "n/a", "diverged": "div.", "error": "err"}
 DEFAULT_REPORT_DIR = "reports"  # `bench report` writes to <results>/reports unless --out names another folder
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # used as a folder name as it is
+GUIDANCE_METRICS = ("fid", "accuracy", "out_of_range")  # guided cells: against the guidance scale
 PAIRED_BASELINE = "ddim"  # paired differences are taken against this sampler, seed by seed
 RESOLVED_P = 0.05         # a paired difference is resolved when a two-sided paired t-test gives p < 0.05
 
@@ -83,17 +85,26 @@ def _fmt(x: float) -> str:
     return "nan" if not math.isfinite(x) else f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
-def metric_table(df: pd.DataFrame, metric: str) -> tuple[list[str], list[int], list[list[str]], dict]:
-    """(row labels, NFE columns, cell texts, bold positions) of one metric; mean +- std over seeds."""
+def metric_table(df: pd.DataFrame, metric: str, *, guided: bool = False) -> tuple[list[str], list, list[list[str]], dict]:
+    """(row labels, NFE columns, cell texts, bold positions) of one metric; mean +- std over seeds.
+
+    ``guided``: a column per (NFE, guidance scale), headed "NFE n, s=g".
+    """
     fixed = df[df["nfe"].notna()]
-    nfes = sorted(int(n) for n in fixed["nfe"].unique())
+    if guided:
+        pairs = sorted({(int(n), float(g)) for n, g in zip(fixed["nfe"], fixed["guidance"])})
+        nfes = [f"NFE {n}, s={g:g}" for n, g in pairs]
+        masks = [(fixed["nfe"] == n) & (fixed["guidance"] == g) for n, g in pairs]
+    else:
+        nfes = sorted(int(n) for n in fixed["nfe"].unique())
+        masks = [fixed["nfe"] == n for n in nfes]
     labels = sorted(fixed["label"].unique())
     lower_better = METRICS.get(metric, True)
     cells, means = [], np.full((len(labels), len(nfes)), np.nan)
     for i, lab in enumerate(labels):
         row = []
-        for j, nfe in enumerate(nfes):
-            sel = fixed[(fixed["label"] == lab) & (fixed["nfe"] == nfe)]
+        for j, mask in enumerate(masks):
+            sel = fixed[(fixed["label"] == lab) & mask]
             ok = sel[sel["status"] == "ok"][metric].dropna()
             if len(ok):
                 means[i, j] = ok.mean()
@@ -183,8 +194,13 @@ def sample_grid(df: pd.DataFrame, store: ResultsStore, path: Path, per_cell: int
     return True
 
 
+def _column(n) -> str:
+    """A table column: "NFE n" for an NFE, a given text as it is."""
+    return n if isinstance(n, str) else f"NFE {n}"
+
+
 def to_markdown(labels, nfes, cells, bold, metric) -> str:
-    head = "| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |"
+    head = "| sampler | " + " | ".join(_column(n) for n in nfes) + " |"
     lines = [head, "|" + "---|" * (len(nfes) + 1)]
     for i, lab in enumerate(labels):
         texts = [f"**{c}**" if bold.get(j) == i else c for j, c in enumerate(cells[i])]
@@ -195,7 +211,7 @@ def to_markdown(labels, nfes, cells, bold, metric) -> str:
 def to_latex(labels, nfes, cells, bold, metric) -> str:
     esc = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$").replace("[", "{[}").replace("]", "{]}")
     lines = [r"\begin{tabular}{l" + "r" * len(nfes) + "}", r"\toprule",
-             "Sampler & " + " & ".join(f"NFE {n}" for n in nfes) + r" \\", r"\midrule"]
+             "Sampler & " + " & ".join(esc(_column(n)) for n in nfes) + r" \\", r"\midrule"]
     for i, lab in enumerate(labels):
         texts = [rf"\textbf{{{esc(c)}}}" if bold.get(j) == i else esc(c) for j, c in enumerate(cells[i])]
         lines.append(esc(lab) + " & " + " & ".join(texts) + r" \\")
@@ -245,6 +261,81 @@ def plot_metrics(df: pd.DataFrame, metrics: list[str], title: str, path: Path):
     plt.close(fig)
 
 
+def plot_guidance(df: pd.DataFrame, metrics: list[str], title: str, path: Path):
+    """Panels: a row per NFE, a column per metric, against the guidance scale; a line per sampler (mean over seeds,
+    error bars = std)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = df[(df["status"] == "ok") & df["nfe"].notna()]
+    nfes = sorted(int(n) for n in ok["nfe"].unique())
+    scales = sorted(float(g) for g in df["guidance"].unique())
+    fig, axes = plt.subplots(len(nfes), len(metrics), figsize=(5.0 * len(metrics), 3.7 * len(nfes)), squeeze=False)
+    colors, styles = plt.cm.tab10.colors, ("-", "--", ":")
+    for i, nfe in enumerate(nfes):
+        for ax, metric in zip(axes[i], metrics):
+            for k, (lab, g) in enumerate(ok[ok["nfe"] == nfe].groupby("label")):
+                agg = g.groupby("guidance")[metric].agg(["mean", "std"]).dropna(subset=["mean"])
+                ax.errorbar(agg.index.astype(float), agg["mean"], yerr=agg["std"].fillna(0), marker="o", ms=3,
+                            capsize=2, label=lab, color=colors[k % 10], linestyle=styles[k // 10 % 3])
+            if min(scales) > 0:
+                ax.set_xscale("log", base=2)
+            ax.set_xticks(scales, [f"{g:g}" for g in scales])
+            ax.minorticks_off()
+            if metric in LOG_METRICS:
+                ax.set_yscale("log")
+            ax.set_xlabel("guidance scale s")
+            ax.set_title(f"{metric}, NFE {nfe}")
+            ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def guidance_summary(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """One row per sampler, NFE and guidance scale: mean and std over seeds of each metric, seeds ok of all."""
+    ok = df[(df["status"] == "ok") & df["nfe"].notna()]
+    agg = ok.groupby(["label", "nfe", "guidance"])[metrics].agg(["mean", "std"])
+    agg.columns = [f"{m}_{stat}" for m, stat in agg.columns]
+    n_ok = ok.groupby(["label", "nfe", "guidance"]).size().rename("seeds_ok")
+    n_all = df[df["nfe"].notna()].groupby(["label", "nfe", "guidance"]).size().rename("seeds")
+    out = pd.concat([agg, n_ok, n_all], axis=1).reset_index().rename(columns={"label": "sampler"})
+    return out.assign(seeds_ok=out["seeds_ok"].fillna(0).astype(int))
+
+
+def _guidance_section(guided: pd.DataFrame, title: str, out_dir: Path, folder: Path) -> tuple[list[Path], str]:
+    """Guided cells: plot, CSV summary and tables of GUIDANCE_METRICS against the guidance scale."""
+    ok = guided[guided["status"] == "ok"]
+    present = [m for m in GUIDANCE_METRICS if ok[m].notna().any()]
+    text = ["## Guided sampling: metrics against the classifier-free guidance scale s\n\n"
+            f"{len(guided)} guided cells. accuracy: the classifier's label = the requested label (higher is better); "
+            "out_of_range: share of samples with a pixel outside the data range before clipping; FID against the "
+            "class-balanced reference. Mean ± std over seeds.\n"]
+    files = []
+    if not present:
+        return files, "\n".join(text)
+    path = _inside(out_dir, folder / "guidance.png")
+    plot_guidance(guided, present, f"{title}: guided sampling", path)
+    files.append(path)
+    text.append("![guidance](guidance.png)\n")
+    path = _inside(out_dir, folder / "guidance.csv")
+    guidance_summary(guided, present).to_csv(path, index=False, float_format="%.6g")
+    files.append(path)
+    for metric in present:
+        table = metric_table(guided, metric, guided=True)
+        for suffix, fmt in ((".md", to_markdown), (".tex", to_latex)):
+            path = _inside(out_dir, folder / f"guidance_{metric}{suffix}")
+            path.write_text(fmt(*table, metric))
+            files.append(path)
+        text.append(f"### {metric} ({'lower' if METRICS[metric] else 'higher'} is better)\n\n"
+                    + to_markdown(*table, metric))
+    return files, "\n".join(text)
+
+
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Write plots and tables for every checkpoint in the results; returns the files written.
 
@@ -269,15 +360,18 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     for ck, d_all in df.groupby("checkpoint", dropna=False):
         d_all = d_all.assign(label=sampler_labels(d_all))
         is_nll = d_all["sampler"].str.startswith(NLL_PREFIX).fillna(False).astype(bool)
-        d, lik = d_all[~is_nll], d_all[is_nll]
+        is_guided = d_all["guidance"].notna()
+        d, lik, guided = d_all[~is_nll & ~is_guided], d_all[is_nll], d_all[is_guided]
         ok = d[d["status"] == "ok"]
         present = [m for m in PLOT_METRICS if ok[m].notna().any()]
         folder = _inside(out_dir, out_dir / checkpoint_folder(ck))
         folder.mkdir(parents=True, exist_ok=True)
-        parts = [f"# {ck}\n", f"{len(d)} cells, seeds {sorted(d['seed'].unique().tolist())}, "
-                 f"{int(d['n_samples'].iloc[0])} samples per cell. Mean ± std over seeds; best per column in bold; "
-                 "n/a = NFE not supported, div. = diverged, err = error.\n", "![metrics](metrics.png)\n"]
+        sampled = d_all[~is_nll]
+        parts = [f"# {ck}\n", f"{len(sampled)} cells, seeds {sorted(d_all['seed'].unique().tolist())}, "
+                 f"{int(sampled['n_samples'].iloc[0]) if len(sampled) else 0} samples per cell. Mean ± std over "
+                 "seeds; best per column in bold; n/a = NFE not supported, div. = diverged, err = error.\n"]
         if present:
+            parts.append("![metrics](metrics.png)\n")
             plot_metrics(d, present, str(ck), _inside(out_dir, folder / "metrics.png"))
             written.append(folder / "metrics.png")
         for metric in (m for m in TABLE_METRICS if m in present):
@@ -302,11 +396,16 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
             folder_files, text = _likelihood_section(lik, str(ck), out_dir, folder)
             written += folder_files
             parts.append(text)
+        if len(guided):
+            folder_files, text = _guidance_section(guided, str(ck), out_dir, folder)
+            written += folder_files
+            parts.append(text)
         bad = d_all[d_all["status"] != "ok"]
         if len(bad):
-            parts.append("## Cells that did not finish ok\n\n| sampler | NFE | seed | status | reason |\n|---|---|---|---|---|\n"
-                         + "".join(f"| {r.label} | {r.nfe} | {r.seed} | {r.status} | {str(r.error)[:120]} |\n"
-                                   for r in bad.itertuples()))
+            parts.append("## Cells that did not finish ok\n\n| sampler | NFE | guidance | seed | status | reason |\n"
+                         "|---|---|---|---|---|---|\n"
+                         + "".join(f"| {r.label} | {r.nfe} | {'' if pd.isna(r.guidance) else f'{r.guidance:g}'} | "
+                                   f"{r.seed} | {r.status} | {str(r.error)[:120]} |\n" for r in bad.itertuples()))
         _inside(out_dir, folder / "README.md").write_text("\n".join(parts))
         written.append(folder / "README.md")
     nll = df[df["sampler"].str.startswith(NLL_PREFIX).fillna(False).astype(bool) & (df["status"] == "ok")]

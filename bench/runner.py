@@ -8,6 +8,11 @@ rerunning resumes. Runs that share a results folder split its cells through the 
 Under torchrun every rank generates the sample indices r, r + W, ... of each cell in batches and folds
 them into streaming metric sums (``bench.metrics.accumulate``); the reference ODE solution is computed
 in fixed chunks of indices spread over the ranks; ranks meet only to gather those sums and chunks.
+
+A guided cell (``Cell.guidance``) draws each sample's condition from (seed, sample index), as x_T, and samples
+with the model's classifier-free guided view of each batch (``DiffusionModel.guided``): its NFE count is guided
+evaluations, ``network_passes`` the passes through the network. Its solver error is not measured (the reference
+solution is the unguided model's).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from .atomic import atomic_write
 from .devices import describe_device, synchronize
 from .grid import DTYPES, Cell, LikelihoodMethod
 from .metrics.accumulate import KEEP_SAMPLES, CellAccumulator, cell_metrics
+from .metrics.guided import GuidedAccumulator
 from .metrics.nll import NllAccumulator, exact_nll_bpd, nll_metrics
 from .provenance import provenance
 from .store import ResultsStore
@@ -117,44 +123,49 @@ def _model_for(model, cell: Cell, opts: RunOptions, cache: dict, role: str = "sa
 def generate_shard(ck, model, cell: Cell, opts: RunOptions, reference, ref_count: int) -> dict:
     """This rank's share of a cell: samples in batches, folded into metric sums; NFE per batch and wall-clock.
 
-    Returns {"state", "nfe_per_batch", "wall"} or {"error"}: a failure on one rank must not leave the
-    others waiting in the gather.
+    Returns {"state", "nfe_per_batch", "passes_per_batch", "wall"} or {"error"}: a failure on one rank must not
+    leave the others waiting in the gather.
     """
     sampler, device, dtype = cell.sampler, opts.device, DTYPES[cell.state_dtype]
     indices = dist.shard(cell.n_samples)
+    labels = None if cell.guidance is None else (lambda idx: model.condition.draw(cell.seed, idx))
 
     def draw(idx):
         x_T = initial_noise(cell.seed, idx, ck.data_shape, device=device, dtype=dtype)
         noise = (SampleNoise(cell.seed, idx, ck.data_shape, device=device, dtype=dtype)
                  if sampler.stochastic else None)
-        return x_T, noise
+        # the batch's view: its samples' conditions, guided; calls count on ``model``'s counters
+        return x_T, noise, model if labels is None else model.guided(labels(idx), cell.guidance)
 
     try:
         fid = None
         if ck.extras.get("fid"):
             from .metrics.fid import FidAccumulator
             fid = FidAccumulator(ck, device)
-        acc = CellAccumulator(ck, device, fid)
+        guided = (GuidedAccumulator(ck, labels, device)
+                  if "classifier" in ck.extras or "data_range" in ck.extras else None)
+        acc = CellAccumulator(ck, device, fid, guided)
         warm = list(indices[: (opts.batch_size if opts.compile else WARMUP_SAMPLES)])
         if warm:
-            x_T, noise = draw(warm)
-            sampler.sample(model, x_T, cell.nfe, noise=noise)
-        counts, wall = [], 0.0
+            x_T, noise, view = draw(warm)
+            sampler.sample(view, x_T, cell.nfe, noise=noise)
+        counts, passes, wall = [], [], 0.0
         for lo in range(0, len(indices), opts.batch_size):
             idx = list(indices[lo:lo + opts.batch_size])
-            x_T, noise = draw(idx)
+            x_T, noise, view = draw(idx)
             synchronize(device)
             start = time.perf_counter()
             with model.counting() as count:
-                out = sampler.sample(model, x_T, cell.nfe, noise=noise)
+                out = sampler.sample(view, x_T, cell.nfe, noise=noise)
             synchronize(device)
             wall += time.perf_counter() - start
             counts.append(count.n)
+            passes.append(count.passes)
             acc.update(out, idx, reference, ref_count)
         state = acc.state()
     except Exception as exc:  # noqa: BLE001 -- becomes the cell's error row
         return {"error": f"{type(exc).__name__}: {exc}"}
-    return {"state": state, "nfe_per_batch": counts, "wall": wall}
+    return {"state": state, "nfe_per_batch": counts, "passes_per_batch": passes, "wall": wall}
 
 
 def likelihood_shard(ck, model, cell: Cell, opts: RunOptions) -> dict:
@@ -220,14 +231,17 @@ def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: Resu
         cell.sampler.check_nfe(cell.nfe)
         if not isinstance(cell.sampler, LikelihoodMethod):
             cell.sampler.check_model(ck.model, cell.nfe)  # a student or head this checkpoint lacks
+        if cell.guidance is not None and ck.model.condition is None:
+            ck.model.guided([], cell.guidance)  # raises Unsupported: the checkpoint is unconditional
     except Unsupported as exc:
         return row | {"status": "unsupported", "error": str(exc)} if dist.is_main() else None
     if isinstance(cell.sampler, LikelihoodMethod):
         return run_likelihood_cell(ck, cell, opts, row, models)
     try:
         t_end = float(cell.sampler.options.get("t_end", T_END))
-        k = min(cell.n_samples, ck.reference_samples or cell.n_samples)
-        reference = refs.get(ck, cell.seed, k, t_end, opts.device)
+        # the reference is the unguided model's ODE solution: no solver error for guided cells
+        k = 0 if cell.guidance is not None else min(cell.n_samples, ck.reference_samples or cell.n_samples)
+        reference = refs.get(ck, cell.seed, k, t_end, opts.device) if k else None
         part = generate_shard(ck, _model_for(ck.model, cell, opts, models), cell, opts, reference, k)
     except Exception as exc:  # noqa: BLE001 -- the reference failed: every rank fails the same way
         part = {"error": f"{type(exc).__name__}: {exc}"}
@@ -240,8 +254,9 @@ def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: Resu
     merged = CellAccumulator.merge([p["state"] for p in parts])
     counts = [c for p in parts for c in p["nfe_per_batch"]]
     wall = max(p["wall"] for p in parts)
-    row.update(nfe_counted=sum(counts) / len(counts), wall_clock_s=wall, s_per_sample=wall / cell.n_samples,
-               max_abs=merged["max_abs"])
+    passes = [c for p in parts for c in p["passes_per_batch"]]
+    row.update(nfe_counted=sum(counts) / len(counts), network_passes=sum(passes) / len(passes), wall_clock_s=wall,
+               s_per_sample=wall / cell.n_samples, max_abs=merged["max_abs"])
     if not merged["finite"] or merged["max_abs"] > DIVERGED_ABS:
         return row | {"status": "diverged",
                       "error": f"samples non-finite or |x| > {DIVERGED_ABS:g} (max |x| = {merged['max_abs']:.3g})"}

@@ -19,6 +19,8 @@ COLUMNS: dict[str, str] = {
     "n_samples": "int64",
     "state_dtype": "string",         # dtype of the solver state between steps (float64 / float32)
     "net_dtype": "string",           # dtype the network computes in (its weights', or the autocast dtype)
+    "guidance": "float64",           # classifier-free guidance scale; NaN: unconditional sampling
+    "network_passes": "float64",     # passes through the network per sample and batch: nfe_counted, 2x per guided NFE
     "batch_size": "int64",
     "status": "string",
     "error": "string",
@@ -43,6 +45,8 @@ COLUMNS: dict[str, str] = {
     "vlb_recon_bpd": "float64",      # VDM bound terms: reconstruction, prior KL, diffusion
     "vlb_prior_bpd": "float64",
     "vlb_diffusion_bpd": "float64",
+    "accuracy": "float64",           # guided cells: share of samples the classifier assigns their requested label
+    "out_of_range": "float64",       # share of samples with a coordinate beyond the data range (+- tolerance), unclipped
     "max_abs": "float64",
     "run_id": "string",
     "created_at": "string",
@@ -63,10 +67,13 @@ METRICS: dict[str, bool] = {
     "fid": True,
     "kid": True,
     "nll_bpd": True,
+    "accuracy": False,
+    "out_of_range": True,
     "wall_clock_s": True,
 }
 
-KEY_COLUMNS = ("checkpoint", "sampler", "sampler_config", "nfe", "seed", "n_samples", "state_dtype", "net_dtype")
+KEY_COLUMNS = ("checkpoint", "sampler", "sampler_config", "nfe", "seed", "n_samples", "state_dtype", "net_dtype",
+               "guidance")
 REQUIRED_COLUMNS = ("cell_id", "checkpoint", "sampler", "sampler_config", "nfe", "seed", "n_samples", "status")
 
 

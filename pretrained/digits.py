@@ -1,12 +1,14 @@
 """The "digits" checkpoint: a small eps-prediction UNet trained on scikit-learn's 8x8 digits (VP linear schedule).
 
-"digits-lw" is the same UNet trained with likelihood weighting (recipes/train_lw.py), behind the same metrics."""
+"digits-lw" is the same UNet trained with likelihood weighting (recipes/train_lw.py), behind the same metrics;
+"digits-cond" the UNet with a class embedding for classifier-free guidance (recipes/train_cond.py), whose FID
+reference is class-balanced and whose classifier scores guided samples against their labels."""
 from __future__ import annotations
 
 import torch
 
 import samplers
-from samplers.model import DiffusionModel
+from samplers.model import ClassLabels, DiffusionModel
 from samplers.schedules import VPLinear
 
 from .data import digits_split, split_sha256
@@ -23,6 +25,8 @@ DEFAULT_N_SAMPLES = 500  # samples per cell of `bench run` (FID against the 300 
 UNET_FOLDER = WEIGHTS_ROOT / "digits"
 LW_FOLDER = WEIGHTS_ROOT / "digits-lw"  # the same UNet trained with likelihood weighting (recipes/train_lw.py)
 FEATURES_FOLDER = WEIGHTS_ROOT / "digits_features"
+COND_FOLDER = WEIGHTS_ROOT / "digits-cond"  # the UNet with 10 classes + the null class (recipes/train_cond.py)
+BALANCED_PER_CLASS = 21  # the "reference" split's rarest class has 21 images: 210 images, 21 of each digit
 
 
 def _device_of(net: torch.nn.Module) -> torch.device:
@@ -30,15 +34,19 @@ def _device_of(net: torch.nn.Module) -> torch.device:
 
 
 def as_model(net: UNet, name: str = "digits") -> DiffusionModel:
-    """The model boundary around ``net`` (eval mode, called without autograd) on the net's device."""
+    """The model boundary around ``net`` (eval mode, called without autograd) on the net's device.
+
+    A net with classes gives a conditional model (``ClassLabels``): ``fn(x, t)`` is its null-label output.
+    """
     net.eval()
 
-    def fn(x, t):
+    def fn(x, t, y=None):
         with torch.no_grad():  # not inference_mode: torch.compile (--compile) cannot trace through it
-            return net(x, t)
+            return net(x, t) if y is None else net(x, t, y)
 
     return DiffusionModel(fn, VPLinear(), "eps", data_shape=DATA_SHAPE, net_dtype=torch.float32, name=name,
-                          device=_device_of(net))
+                          device=_device_of(net),
+                          condition=ClassLabels(net.num_classes) if net.num_classes else None)
 
 
 def load_unet(folder=UNET_FOLDER, *, name: str = "digits", expected_sha256: str | None = None,
@@ -66,6 +74,16 @@ def real_data(n: int, seed: int = 0) -> torch.Tensor:
     if n > len(x):
         raise ValueError(f"digits real_data: the reference split has {len(x)} images, asked for {n}")
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+def balanced_real_data(n: int, seed: int = 0) -> torch.Tensor:
+    """n of the 210 class-balanced "reference" images (the first BALANCED_PER_CLASS of each digit in split order),
+    in an order fixed by ``seed``; on the CPU. The FID reference of class-balanced (conditional) samples."""
+    x, y = digits_split("reference")
+    idx = torch.cat([torch.nonzero(y == c).flatten()[:BALANCED_PER_CLASS] for c in range(10)])
+    if n > len(idx):
+        raise ValueError(f"digits balanced real_data: {len(idx)} class-balanced reference images, asked for {n}")
+    return x[idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n]]]
 
 
 def ode_solution(net: UNet, x_T: torch.Tensor, t_end: float) -> torch.Tensor:
@@ -98,6 +116,22 @@ def digits(device: torch.device) -> Checkpoint:
 def digits_lw(device: torch.device) -> Checkpoint:
     return _unet_checkpoint(device, "digits-lw", LW_FOLDER,
                             "UNet (0.5M params) on 8x8 digits, likelihood-weighted training")
+
+
+@register_checkpoint("digits-cond", data_shape=DATA_SHAPE, schedule="vp_linear", prediction="eps",
+                     description="the digits UNet with 10 classes + a null class, for classifier-free guidance "
+                                 "(--guidance)",
+                     default_n_samples=DEFAULT_N_SAMPLES, check=lambda: check_weights(COND_FOLDER, "digits-cond"))
+def digits_cond(device: torch.device) -> Checkpoint:
+    ck = _unet_checkpoint(device, "digits-cond", COND_FOLDER,
+                          "class-conditional UNet (0.5M params) on 8x8 digits, label dropout for guidance")
+    n_ref = 10 * BALANCED_PER_CLASS
+    ck.real_data = balanced_real_data
+    ck.extras["fid_reference"] = (f"digits-reference-balanced{BALANCED_PER_CLASS}-{split_sha256()[:16]}", n_ref)
+    ck.extras["classifier"] = load_feature_net()[0].to(device)  # logits of the digit, for guided accuracy
+    ck.extras["data_range"] = (-1.0, 1.0)
+    ck.extras["range_tolerance"] = 2.0 / (DATA_LEVELS - 1)  # out of range: beyond [-1, 1] by more than one level
+    return ck
 
 
 def holdout_data(n: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ PINNED_SHA256 = {
     "digits_features": "39d97c8bd192e7b0ed5d29eb695313d02b0de03dbf9dfa3d9aa7783fd46d4f7f",
     "digits-lw": "1b69152c36a4914b0189d2bb9870a311c3e5e7706a3b43120dc75a2b48543667",
     "digits-vdm": "dc11ee47095aeae00bb4cf6795674053600b7fb854b44f940996b73fa76e71b5",
+    "digits-cond": "fc94f4fbac3dc09fe0daf2b88a1712e20bc1a2f0f4d00fcd37c28fe7b276e641",
     "digits-v": "5a46f640627c5d23ba03e36ff5c78926632b5590e8cc04dab62487cfb804bc31",
     "digits-kd": "54ac741387bc92a03a4c3785cb0a2e36c5afa4e5769942cce1f787875f3620c2",
     "digits-pd": "704ad4f34adda901d3263e68f86db5a1029c05cf1b2ae43557fe3c63c82544f8",

@@ -1,4 +1,4 @@
-"""Entry point of the training recipes: ``python -m pretrained.train {digits,features,lw,vdm,digits-v,kd,pd,cd,genie} [options]``."""
+"""Entry point of the training recipes: ``python -m pretrained.train {digits,features,lw,vdm,digits-v,kd,pd,cd,cond,genie} [options]``."""
 from __future__ import annotations
 
 import importlib
@@ -6,7 +6,7 @@ import sys
 
 RECIPES = {"digits": "train_digits", "features": "train_features", "lw": "train_lw", "vdm": "train_vdm",
            "digits-v": "train_digits_v", "kd": "train_kd", "pd": "train_pd", "cd": "train_cd",
-           "genie": "train_genie"}
+           "cond": "train_cond", "genie": "train_genie"}
 
 
 def main(argv=None):

@@ -3,6 +3,8 @@
 Prediction types are normalised here and nowhere else (STYLE principle 2). Every call of the wrapped
 network is counted, so NFE is measured, never inferred from a step count (principle 4). Every call also
 checks the network's output (a floating tensor of x's shape on x's device) from metadata alone: no host sync.
+A conditional network f(x, t, c) is guided here too (classifier-free guidance, ``DiffusionModel.guided``), so
+samplers never see conditions.
 """
 from __future__ import annotations
 
@@ -10,13 +12,68 @@ from contextlib import contextmanager, nullcontext
 from types import MappingProxyType
 from typing import Callable, Iterator, Mapping
 
+import math
+
 import torch
 
+from .noise import sample_labels
 from .schedules import NoiseSchedule, VPDiscrete
 
 PREDICTIONS = ("eps", "x0", "v", "score")
 TIME_INPUTS = ("continuous", "discrete")
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+class ClassLabels:
+    """The condition of a class-conditional network: one label in 0..num_classes-1 per sample.
+
+    The network is called ``fn(x, t_in, labels)``; label ``num_classes`` is the null (unconditional) class of
+    classifier-free guidance, and ``fn(x, t_in)`` (no labels) means the null class for every sample. Another kind
+    of condition (a text embedding) would give the same four methods: ``draw``, ``check``, ``null``, ``describe``.
+    """
+
+    kind = "class"
+
+    def __init__(self, num_classes: int):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        self.num_classes = num_classes
+
+    def draw(self, seed: int, indices) -> torch.Tensor:
+        """The labels of these sample indices: a function of (seed, index) only (``noise.sample_labels``)."""
+        return sample_labels(seed, indices, self.num_classes)
+
+    def check(self, labels, name: str = "model") -> torch.Tensor:
+        """``labels`` as an int64 tensor of shape (B,); ValueError naming the allowed classes otherwise."""
+        y = torch.as_tensor(labels)
+        if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"{name}: labels must be integers of shape (batch,), got {tuple(y.shape)} {y.dtype}")
+        bad = (y < 0) | (y >= self.num_classes)
+        if bool(bad.any()):
+            raise ValueError(f"{name}: unknown class {int(y[bad][0])}; allowed: 0..{self.num_classes - 1}")
+        return y.long()
+
+    def null(self, batch: int, device) -> torch.Tensor:
+        """The null condition of ``batch`` samples (the unconditional branch)."""
+        return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+
+    def describe(self) -> str:
+        return f"{self.num_classes} classes"
+
+    def __repr__(self):
+        return f"ClassLabels({self.num_classes})"
+
+
+def check_guidance(scale) -> float:
+    """A classifier-free guidance scale as a float; ValueError unless it is a finite number >= 0."""
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance scale {scale!r} is not a number; allowed: [0, inf)") from None
+    if isinstance(scale, bool) or not math.isfinite(s) or s < 0:
+        raise ValueError(f"guidance scale {scale!r} is out of range; allowed: [0, inf) (0: unconditional, "
+                         f"1: conditional, > 1: guided)")
+    return s
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:
@@ -62,12 +119,18 @@ class DiffusionModel:
             GENIE's derivative head); ``head(name)`` gives a view whose calls count on this model's NFE.
         derivative_fn: ``(x_in, t_in) -> (out, d out / d gamma)`` from one network pass, gamma = sigma / alpha
             (GENIE's derivative along the PF-ODE); only for prediction "eps". See ``eps_and_derivative``.
+        condition: None, or the condition a conditional network takes (``ClassLabels``): then ``fn(x_in, t_in)``
+            is its unconditional output and ``guided(labels, scale)`` its classifier-free guided view.
+
+    ``nfe`` counts evaluations of the model as the papers count them (one guided evaluation is one);
+    ``network_passes`` counts the samples' passes through the network (two per guided evaluation).
     """
 
     def __init__(self, fn: Callable, schedule: NoiseSchedule, prediction: str = "eps", *,
                  time_input: str = "continuous", data_shape: tuple = (), net_dtype=torch.float32,
                  name: str = "model", device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
-                 heads: Mapping[str, "DiffusionModel"] | None = None, derivative_fn: Callable | None = None):
+                 heads: Mapping[str, "DiffusionModel"] | None = None, derivative_fn: Callable | None = None,
+                 condition: ClassLabels | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction type {prediction!r}; allowed: {list(PREDICTIONS)}")
         if time_input not in TIME_INPUTS:
@@ -91,7 +154,10 @@ class DiffusionModel:
         self.device, self.autocast_dtype = device, autocast_dtype
         self.heads = MappingProxyType(dict(heads or {}))
         self.derivative_fn = derivative_fn
-        self._count = [0]  # shared with the views ``head`` returns, so their calls count here
+        self.condition = condition
+        self._count = [0]  # shared with the views ``head`` and ``guided`` return, so their calls count here
+        self._passes = [0]  # network passes per sample, shared alike
+        self._passes_per_call = 1  # 2 in a guided view whose calls batch both branches
 
     @property
     def nfe(self) -> int:
@@ -101,6 +167,60 @@ class DiffusionModel:
     @nfe.setter
     def nfe(self, value: int) -> None:
         self._count[0] = value
+
+    @property
+    def network_passes(self) -> int:
+        """Passes of each sample through the network: ``nfe``, plus one per guided evaluation of two branches."""
+        return self._passes[0]
+
+    # -- conditioning: classifier-free guidance (Ho & Salimans 2022) -------------------------
+    def guided(self, condition, scale: float) -> "DiffusionModel":
+        """This model for one batch with a condition per sample, guided: eps_u + scale (eps_c - eps_u).
+
+        Classifier-free guidance (Ho & Salimans 2022) on the network's output, which for every prediction type
+        is the same guidance of eps (the conversion is affine in the output). Scale 1 is the conditional network
+        and scale 0 the unconditional one, each one pass; any other scale evaluates both branches in ONE call of
+        the network (conditional and null condition concatenated along the batch). Each call counts one NFE on
+        this model's counter and 1 or 2 ``network_passes``. ``condition`` must hold one entry per sample of the
+        batch the view is called with. The view has no heads (they are unconditional networks).
+        Raises samplers.Unsupported for an unconditional model, ValueError for an unknown class or scale < 0.
+        """
+        if self.condition is None:
+            from .registry import Unsupported  # the registry imports this module
+            raise Unsupported(f"network {self.name!r} is unconditional: it takes no condition and no guidance "
+                              "scale (a conditional checkpoint, e.g. 'digits-cond', does)")
+        scale = check_guidance(scale)
+        cond = self.condition.check(condition, self.name).to(self.device)
+        null = self.condition.null(len(cond), self.device)
+        fn, name, batch = self.fn, self.name, len(cond)
+
+        def fits(x):
+            if x.shape[0] != batch:
+                raise ValueError(f"{name}: guided view made for {batch} samples, called with {x.shape[0]}")
+
+        if scale == 1.0:
+            def guided_fn(x, t):
+                fits(x)
+                return fn(x, t, cond)
+        elif scale == 0.0:
+            def guided_fn(x, t):
+                fits(x)
+                return fn(x, t, null)
+        else:
+            both = torch.cat([cond, null])
+
+            def guided_fn(x, t):
+                fits(x)
+                out = fn(torch.cat([x, x]), torch.cat([t, t]), both)
+                if not isinstance(out, torch.Tensor) or out.shape[:1] != (2 * batch,):
+                    return out  # __call__ names the wrong output
+                c, u = out.chunk(2)
+                return u + scale * (c - u)
+
+        view = self.replace(fn=guided_fn, heads={}, derivative_fn=None, condition=None)
+        view._count, view._passes = self._count, self._passes
+        view._passes_per_call = 1 if scale in (0.0, 1.0) else 2
+        return view
 
     # -- heads: further networks of the checkpoint, counted here ----------------------------
     def head_names(self) -> list[str]:
@@ -116,7 +236,7 @@ class DiffusionModel:
             raise Unsupported(f"checkpoint {self.name!r} has no {name!r} network; it has: "
                               f"{self.head_names() or 'none'}")
         view = self.heads[name].replace(autocast_dtype=self.autocast_dtype, device=self.device)
-        view._count = self._count
+        view._count, view._passes = self._count, self._passes
         return view
 
     def eps_and_derivative(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +250,8 @@ class DiffusionModel:
         """A new boundary with some constructor arguments changed (e.g. ``autocast_dtype``); NFE counted from 0."""
         fields = dict(fn=self.fn, schedule=self.schedule, prediction=self.prediction, time_input=self.time_input,
                       data_shape=self.data_shape, net_dtype=self.net_dtype, name=self.name, device=self.device,
-                      autocast_dtype=self.autocast_dtype, heads=self.heads, derivative_fn=self.derivative_fn)
+                      autocast_dtype=self.autocast_dtype, heads=self.heads, derivative_fn=self.derivative_fn,
+                      condition=self.condition)
         unknown = sorted(set(changes) - set(fields))
         if unknown:
             raise ValueError(f"DiffusionModel has no argument {unknown}; allowed: {sorted(fields)}")
@@ -148,6 +269,7 @@ class DiffusionModel:
         t = self._time(x, t).expand(x.shape[0])
         t_in = self.schedule.to_discrete(t) if self.time_input == "discrete" else t
         self.nfe += 1
+        self._passes[0] += self._passes_per_call
         amp = nullcontext() if self.autocast_dtype is None else torch.autocast(x.device.type, self.autocast_dtype)
         with amp:
             out = (fn or self.fn)(_as(x, self.net_dtype), _as(t_in, self.net_dtype))
@@ -222,7 +344,7 @@ class DiffusionModel:
     @contextmanager
     def counting(self) -> Iterator["NFECount"]:
         """Count the evaluations made inside the block: ``with model.counting() as c: ...; c.n``."""
-        count = NFECount(self, self.nfe)
+        count = NFECount(self, self.nfe, self.network_passes)
         try:
             yield count
         finally:
@@ -233,14 +355,20 @@ class DiffusionModel:
 
 
 class NFECount:
-    """Number of network evaluations made since the count was opened."""
+    """Number of network evaluations (``n``) and network passes (``passes``) made since the count was opened."""
 
-    def __init__(self, model: DiffusionModel, start: int):
+    def __init__(self, model: DiffusionModel, start: int, start_passes: int = 0):
         self._model, self._start, self._end = model, start, None
+        self._start_passes, self._end_passes = start_passes, None
 
     def close(self):
-        self._end = self._model.nfe
+        self._end, self._end_passes = self._model.nfe, self._model.network_passes
 
     @property
     def n(self) -> int:
         return (self._end if self._end is not None else self._model.nfe) - self._start
+
+    @property
+    def passes(self) -> int:
+        end = self._end_passes if self._end_passes is not None else self._model.network_passes
+        return end - self._start_passes

@@ -16,6 +16,7 @@ from .state import to_device
 
 STREAM_X_T = 0       # the initial noise x_T
 STREAM_SAMPLER = 1   # noise a stochastic sampler draws along the way
+STREAM_LABEL = 2     # the class label a conditional sample is drawn for
 
 
 def _generator(seed: int, index: int, stream: int) -> torch.Generator:
@@ -56,3 +57,22 @@ def initial_noise(seed: int, indices: Sequence[int], shape: Sequence[int], *, de
                   dtype=torch.float64) -> torch.Tensor:
     """x_T ~ N(0, I) for the given sample indices, independent of batching; drawn on the CPU, then moved to device."""
     return SampleNoise(seed, indices, shape, stream=STREAM_X_T, dtype=dtype, device=device).randn()
+
+
+def sample_labels(seed: int, indices: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Class labels (int64, CPU) of the given sample indices, balanced: indices k*C .. k*C + C - 1 hold each class once.
+
+    Label of index i: entry i mod C of a random permutation of 0..C-1 drawn for block i // C from the stream
+    (seed, block, STREAM_LABEL); so a label depends on (seed, index) only, never on batching or sharding, and the
+    first n indices hold every class floor(n / C) or ceil(n / C) times.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    perms: dict[int, torch.Tensor] = {}
+    out = []
+    for i in indices:
+        block = int(i) // num_classes
+        if block not in perms:
+            perms[block] = torch.randperm(num_classes, generator=_generator(seed, block, STREAM_LABEL))
+        out.append(int(perms[block][int(i) % num_classes]))
+    return torch.tensor(out, dtype=torch.long)

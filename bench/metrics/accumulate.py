@@ -2,7 +2,7 @@
 
 A cell's samples never sit whole in memory or on rank 0: a batch updates float64 moment sums, the
 exact log-likelihood sum, the per-sample solver errors of the reference subset, the FID feature
-statistics, and keeps the first few samples for the report. ``state`` is what a rank sends;
+statistics, the counts of guided metrics (``guided.py``), and keeps the first few samples for the report. ``state`` is what a rank sends;
 ``merge`` adds states up in sample-index order, so the result does not depend on batch size or ranks
 beyond float64 summation order.
 """
@@ -22,10 +22,11 @@ class CellAccumulator:
         checkpoint: a ``pretrained.Checkpoint`` (its moments, log_prob and FID extractor decide what is kept).
         device: where the batches live; sums are kept there in float64 and moved to the CPU by ``state``.
         fid: a ``FidAccumulator`` (or None where the checkpoint has no feature network).
+        guided: a ``GuidedAccumulator`` (or None where the checkpoint has neither classifier nor data range).
     """
 
-    def __init__(self, checkpoint, device, fid=None):
-        self.ck, self.device, self.fid = checkpoint, torch.device(device), fid
+    def __init__(self, checkpoint, device, fid=None, guided=None):
+        self.ck, self.device, self.fid, self.guided = checkpoint, torch.device(device), fid, guided
         self.n = 0
         self.max_abs = torch.zeros((), dtype=torch.float64, device=self.device)
         self.finite = torch.ones((), dtype=torch.bool, device=self.device)
@@ -60,6 +61,8 @@ class CellAccumulator:
             self.keep_idx.append(idx[sel])
         if self.fid is not None:
             self.fid.update(x, list(indices))
+        if self.guided is not None:
+            self.guided.update(x, list(indices))
 
     def state(self) -> dict:
         """A CPU-only summary to gather across ranks."""
@@ -71,7 +74,8 @@ class CellAccumulator:
                 "err": cat(self.err, torch.zeros(0, dtype=torch.float64)),
                 "keep_idx": cat(self.keep_idx, torch.zeros(0, dtype=torch.long)),
                 "keep": cat(self.keep, torch.zeros(0)),
-                "fid": None if self.fid is None else self.fid.state()}
+                "fid": None if self.fid is None else self.fid.state(),
+                "guided": None if self.guided is None else self.guided.state()}
 
     @staticmethod
     def merge(states: list[dict]) -> dict:
@@ -92,6 +96,10 @@ class CellAccumulator:
         if fids:
             from .fid import FidAccumulator
             out["fid"] = FidAccumulator.merge(fids)
+        guided = [s["guided"] for s in states if s.get("guided") is not None]
+        if guided:
+            from .guided import GuidedAccumulator
+            out["guided"] = GuidedAccumulator.merge(guided)
         return out
 
 
@@ -113,4 +121,7 @@ def cell_metrics(checkpoint, merged: dict, *, cache_dir=None, device="cpu") -> d
     if merged.get("fid") is not None:
         from .fid import fid_kid_from_state
         out.update(fid_kid_from_state(merged["fid"], checkpoint, cache_dir=cache_dir, device=device))
+    if merged.get("guided") is not None:
+        from .guided import guided_metrics
+        out.update(guided_metrics(merged["guided"]))
     return out

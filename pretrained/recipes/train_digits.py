@@ -78,10 +78,12 @@ def eps_loss(net: UNet, sch, x0: torch.Tensor, g: torch.Generator) -> torch.Tens
     return denoising_loss(net, sch, x0, t, eps)
 
 
-def denoising_loss(net: UNet, sch, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """x_t = alpha_t x0 + sigma_t eps; mean over batch and pixels of |eps_theta(x_t, t) - eps|^2."""
+def denoising_loss(net: UNet, sch, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                   y: torch.Tensor | None = None) -> torch.Tensor:
+    """x_t = alpha_t x0 + sigma_t eps; mean over batch and pixels of |eps_theta(x_t, t[, y]) - eps|^2."""
     a_t, s_t = sch.alpha(t).float()[:, None, None, None], sch.sigma(t).float()[:, None, None, None]
-    return ((net(a_t * x0 + s_t * eps, t.float()) - eps) ** 2).mean()
+    x_t = a_t * x0 + s_t * eps
+    return (((net(x_t, t.float()) if y is None else net(x_t, t.float(), y)) - eps) ** 2).mean()
 
 
 def main(argv=None):
@@ -91,14 +93,18 @@ def main(argv=None):
 
 def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: dict | None = None,
           evaluate: Callable[[UNet], dict] | None = None, select: str = "fid", eval_at_start: bool = False,
-          manifest: dict | None = None, training: dict | None = None) -> dict:
+          manifest: dict | None = None, training: dict | None = None, net_factory: Callable[[], UNet] = UNet,
+          labelled: bool = False) -> dict:
     """Train a UNet with Adam (warm-up, clip), EMA weights, a quick FID every ``eval_every`` steps; ship the best.
 
     Args:
         a: the options of ``add_training_args``.
         name: the checkpoint name written to the manifest.
         loss: (net, schedule, x0 batch, generator) -> scalar loss; draws its times and noise from the generator.
+            With ``labelled`` it is called ``loss(net, schedule, x0, generator, y=labels of x0)``.
         init: a state dict both the network and its EMA start from (default: random init, seed ``a.seed``).
+        net_factory: () -> the network (and its EMA); its ``config`` goes into the manifest.
+        labelled: pass the class labels of each batch to ``loss``.
         evaluate: EMA net -> {column: value}, extra columns of the training curve (and the manifest's
             "eval_curves") at every evaluation.
         select: the column (lower is better) that picks the shipped step and counts ``patience``: "fid" or a
@@ -113,7 +119,7 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
     logging.basicConfig(filename=work / "train.log", level=logging.INFO, format="%(asctime)s %(message)s")
 
     sch = VPLinear()
-    x_data, _ = digits_split("train")
+    x_data, y_data = digits_split("train")
     feat_net, feat_manifest = (load_feature_net() if a.feature_net is None
                                else load_feature_net(a.feature_net, trust_manifest=True))
     with torch.no_grad():
@@ -124,7 +130,7 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
         return {"fid": quick_fid(net, feat_net, ref_stats, x_T, a.eval_nfe), **(evaluate(net) if evaluate else {})}
 
     torch.manual_seed(a.seed)
-    net, ema = UNet(), UNet()
+    net, ema = net_factory(), net_factory()
     if init is not None:
         net.load_state_dict(init)
     ema.load_state_dict(net.state_dict())
@@ -148,8 +154,8 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
     while state["step"] < a.max_steps and state["stale"] < a.patience:
         step = state["step"]
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + step)  # batch depends on the step only: resumable
-        x0 = x_data[torch.randint(len(x_data), (a.batch,), generator=g)]
-        value = loss(net, sch, x0, g)
+        pick = torch.randint(len(x_data), (a.batch,), generator=g)
+        value = loss(net, sch, x_data[pick], g, y=y_data[pick]) if labelled else loss(net, sch, x_data[pick], g)
         for group in opt.param_groups:
             group["lr"] = a.lr * min(1.0, (step + 1) / a.warmup)
         opt.zero_grad()
@@ -197,7 +203,7 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
     best = state["best_step"]
     best_row = next(c for c in state["curve"] if c[0] == best)
     manifest = save_weights(out, load_file(str(work / "best_ema.safetensors")), {
-        "name": name, "architecture": {"class": "pretrained.nets.UNet", "config": UNet().config,
+        "name": name, "architecture": {"class": "pretrained.nets.UNet", "config": net.config,
                                        "params": sum(p.numel() for p in net.parameters())},
         "schedule": sch.config(), "prediction": "eps", "time_input": "continuous", "t_range": [T_MIN, 1.0],
         "data": "sklearn load_digits, (1, 8, 8) in [-1, 1], split 'train'", "split_sha256": split_sha256(),
