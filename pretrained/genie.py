@@ -16,6 +16,7 @@ from samplers.schedules import VPLinear
 
 from .digits import DATA_SHAPE, UNET_FOLDER, load_unet
 from .nets import ResBlock, UNet
+from .registry import register_head
 from .weights import WEIGHTS_ROOT, load_weights, read_manifest, verify_weights
 
 NAME = "digits-genie"
@@ -100,3 +101,4 @@ def _load(device: torch.device) -> DiffusionModel:
     return as_model(net.to(device), head.to(device))
 
 
+register_head("digits", "genie", _load, check)

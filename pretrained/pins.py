@@ -11,4 +11,5 @@ PINNED_SHA256 = {
     "digits-v": "5a46f640627c5d23ba03e36ff5c78926632b5590e8cc04dab62487cfb804bc31",
     "digits-kd": "54ac741387bc92a03a4c3785cb0a2e36c5afa4e5769942cce1f787875f3620c2",
     "digits-pd": "704ad4f34adda901d3263e68f86db5a1029c05cf1b2ae43557fe3c63c82544f8",
+    "digits-genie": "02dba697f76d60998ccabba0066a42e69bdff939082006ca88f5971f3fd421b1",
 }
