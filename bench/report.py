@@ -157,14 +157,16 @@ def paired_table(df: pd.DataFrame, metric: str, baseline: str = PAIRED_BASELINE)
     return labels, nfes, cells, bold
 
 
-def sample_grid(df: pd.DataFrame, store: ResultsStore, path: Path, per_cell: int = 16) -> bool:
-    """A PNG of kept samples (seed = the smallest), rows samplers, columns NFE; image checkpoints only."""
+def sample_grid(df: pd.DataFrame, store: ResultsStore, path: Path, per_cell: int = 16, guided: bool = False) -> bool:
+    """A PNG of kept samples (seed = the smallest), rows samplers, columns NFE (``guided``: NFE and guidance scale);
+    image checkpoints only."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = df[(df["status"] == "ok") & df["nfe"].notna() & (df["seed"] == df["seed"].min())]
-    labels, nfes = sorted(ok["label"].unique()), sorted(int(n) for n in ok["nfe"].unique())
+    column = (lambda r: (int(r.nfe), float(r.guidance))) if guided else (lambda r: int(r.nfe))
+    labels, nfes = sorted(ok["label"].unique()), sorted({column(r) for r in ok.itertuples()})
     tiles = {}
     for r in ok.itertuples():
         x = store.load_samples(r.cell_id)
@@ -172,10 +174,10 @@ def sample_grid(df: pd.DataFrame, store: ResultsStore, path: Path, per_cell: int
             k = int(np.sqrt(min(per_cell, len(x))))
             x = x[: k * k, 0]  # first channel
             h, w = x.shape[1:]
-            tiles[(r.label, int(r.nfe))] = x.reshape(k, k, h, w).transpose(0, 2, 1, 3).reshape(k * h, k * w)
+            tiles[(r.label, column(r))] = x.reshape(k, k, h, w).transpose(0, 2, 1, 3).reshape(k * h, k * w)
     if not tiles:
         return False
-    fig, axes = plt.subplots(len(labels), len(nfes), figsize=(1.6 * len(nfes) + 1.5, 1.6 * len(labels)),
+    fig, axes = plt.subplots(len(labels), len(nfes), figsize=(1.6 * len(nfes) + 2.5, 1.6 * len(labels)),
                              squeeze=False)
     for i, lab in enumerate(labels):
         for j, nfe in enumerate(nfes):
@@ -185,7 +187,7 @@ def sample_grid(df: pd.DataFrame, store: ResultsStore, path: Path, per_cell: int
             if (lab, nfe) in tiles:
                 ax.imshow(np.clip(tiles[(lab, nfe)], -1, 1), cmap="gray", vmin=-1, vmax=1)
             if i == 0:
-                ax.set_title(f"NFE {nfe}", fontsize=9)
+                ax.set_title(f"NFE {nfe[0]}, s={nfe[1]:g}" if guided else f"NFE {nfe}", fontsize=9)
             if j == 0:
                 ax.set_ylabel(lab, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
@@ -307,13 +309,15 @@ def guidance_summary(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return out.assign(seeds_ok=out["seeds_ok"].fillna(0).astype(int))
 
 
-def _guidance_section(guided: pd.DataFrame, title: str, out_dir: Path, folder: Path) -> tuple[list[Path], str]:
+def _guidance_section(guided: pd.DataFrame, title: str, out_dir: Path, folder: Path,
+                      store: ResultsStore) -> tuple[list[Path], str]:
     """Guided cells: plot, CSV summary and tables of GUIDANCE_METRICS against the guidance scale."""
     ok = guided[guided["status"] == "ok"]
     present = [m for m in GUIDANCE_METRICS if ok[m].notna().any()]
     text = ["## Guided sampling: metrics against the classifier-free guidance scale s\n\n"
             f"{len(guided)} guided cells. accuracy: the classifier's label = the requested label (higher is better); "
-            "out_of_range: share of samples with a pixel outside the data range before clipping; FID against the "
+            "out_of_range: share of samples with a pixel beyond the data range by more than the checkpoint's tolerance "
+            "(digits: one level, 2/16), before clipping; FID against the "
             "class-balanced reference. Mean ± std over seeds.\n"]
     files = []
     if not present:
@@ -333,6 +337,11 @@ def _guidance_section(guided: pd.DataFrame, title: str, out_dir: Path, folder: P
             files.append(path)
         text.append(f"### {metric} ({'lower' if METRICS[metric] else 'higher'} is better)\n\n"
                     + to_markdown(*table, metric))
+    path = _inside(out_dir, folder / "guidance_samples.png")
+    if sample_grid(guided, store, path, guided=True):
+        files.append(path)
+        text.append("### Samples (first seed; rows samplers, columns NFE and scale; shown clipped to [-1, 1])\n\n"
+                    "![samples](guidance_samples.png)\n")
     return files, "\n".join(text)
 
 
@@ -397,7 +406,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
             written += folder_files
             parts.append(text)
         if len(guided):
-            folder_files, text = _guidance_section(guided, str(ck), out_dir, folder)
+            folder_files, text = _guidance_section(guided, str(ck), out_dir, folder, store)
             written += folder_files
             parts.append(text)
         bad = d_all[d_all["status"] != "ok"]

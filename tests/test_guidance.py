@@ -193,3 +193,22 @@ def test_guided_metrics_count_accuracy_and_out_of_range_and_merge_across_shards(
     assert guided_metrics(merged) == guided_metrics(GuidedAccumulator.merge([whole.state()])) == {
         "accuracy": 0.75, "out_of_range": 0.5}
     assert guided_metrics(GuidedAccumulator.merge([GuidedAccumulator(Ck, None).state()])) == {}
+
+
+def test_cli_sweep_with_guidance_and_its_report(tmp_path, capsys):
+    out = tmp_path / "r"
+    rc = main(["run", "--checkpoint", "digits-cond", "--sampler", "ddim", "diffusers:DPMSolverMultistepScheduler",
+               "--nfe", "4", "--guidance", "0", "1", "3", "--n-samples", "8", "--seeds", "0", "--quiet",
+               "--results", str(out)])
+    assert rc == 0
+    from bench.store import ResultsStore
+    df = ResultsStore(out).read()
+    assert sorted(df["guidance"].tolist()) == [0.0, 0.0, 1.0, 1.0, 3.0, 3.0] and set(df["status"]) == {"ok"}
+    assert (df["network_passes"] == df["nfe_counted"] * df["guidance"].map({0.0: 1, 1.0: 1, 3.0: 2})).all()
+    assert df["accuracy"].between(0, 1).all() and df["out_of_range"].between(0, 1).all()
+    assert df["solver_error_median"].isna().all()  # the reference is the unguided model's ODE solution
+    assert main(["report", "--results", str(out), "--out", str(tmp_path / "rep")]) == 0
+    folder = tmp_path / "rep" / "digits-cond"
+    assert (folder / "guidance.png").is_file() and (folder / "guidance_accuracy.md").is_file()
+    summary = pd.read_csv(folder / "guidance.csv")
+    assert len(summary) == 6 and "accuracy_mean" in summary
