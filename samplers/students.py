@@ -12,6 +12,7 @@ import torch
 from .ddim import ddim
 from .grids import T_END, time_grid
 from .registry import Unsupported, UnsupportedNFE, register
+from .state import grid_tables, on_state
 
 STUDENT_T_END = T_END  # where every student's samples end (the teacher's ODE solution is compared there)
 SIGMA_DATA = 0.5  # the consistency models' sigma_data (Song et al. 2023, as in EDM)
@@ -39,20 +40,20 @@ def kd_map(student, x_T: torch.Tensor, t_end: float = STUDENT_T_END) -> torch.Te
     return ddim_jump(student.x0(x_T, sch.T), x_T, a_T, s_T, a_e, s_e)
 
 
-def consistency_fn(student, x: torch.Tensor, t, t_end: float = STUDENT_T_END) -> torch.Tensor:
+def consistency_fn(student, x: torch.Tensor, t, t_end: float = STUDENT_T_END, coefs=None) -> torch.Tensor:
     """f(x, t) = c_skip(t) (alpha_end / alpha_t) x + c_out(t) F(x, t): the consistency function (Song et al. 2023).
 
     In the scaled variable x / alpha with noise level sigma^ = sigma / alpha: c_skip = sigma_d^2 / ((sigma^_t -
     sigma^_end)^2 + sigma_d^2) (their eq. for EDM models, shifted so c_skip(t_end) = 1 exactly), c_out = 1 - c_skip,
     since F is already at data scale: the DDIM jump to t_end with the student's x0 prediction. So f(x, t_end) = x
     bit for bit, and at t = T, f = F, the one-step DDIM of the v-network it starts from. One NFE.
+    ``coefs``: (alpha_t, sigma_t, alpha_end, sigma_end) already on x's device (a sampler's tables), else computed.
     """
-    sch = student.schedule
-    a_t, s_t = _coefs(sch, t, x)
-    a_e, s_e = _coefs(sch, t_end, x)
+    a_t, s_t, a_e, s_e = coefs if coefs is not None else (*_coefs(student.schedule, t, x),
+                                                           *_coefs(student.schedule, t_end, x))
     d = s_t / a_t - s_e / a_e
     c_skip = SIGMA_DATA**2 / (d * d + SIGMA_DATA**2)
-    f = ddim_jump(student.x0(x, t), x, a_t, s_t, a_e, s_e)
+    f = ddim_jump(student.x0(x, t, alpha_sigma=(a_t, s_t)), x, a_t, s_t, a_e, s_e)
     return (c_skip * (a_e / a_t)) * x + (1 - c_skip) * f
 
 
@@ -117,13 +118,16 @@ def cd(model, x, nfe, *, noise, grid):
     Default grid logSNR: 2 NFE re-noise at sigma/alpha = 1.1, near the paper's two-step sigma = 0.821 on CIFAR-10.
     """
     f = model.head(CD_HEAD)
-    sch = f.schedule
-    ts = time_grid(sch, grid, nfe, STUDENT_T_END)
-    a_e, s_e = _coefs(sch, STUDENT_T_END, x)
-    x = consistency_fn(f, x, ts[0])
-    for t in ts[1:-1]:
+    ts, a, s = on_state(x, *_cd_tables(f.schedule, nfe, grid))  # the grid and its alpha, sigma, once per call
+    x = consistency_fn(f, x, ts[0], coefs=(a[0], s[0], a[-1], s[-1]))
+    for i in range(1, nfe):
         # Re-noise in the scaled variable: x/alpha_t = x_end/alpha_end + sqrt(sigma^_t^2 - sigma^_end^2) z.
-        a_t, s_t = _coefs(sch, t, x)
-        x = a_t * (x / a_e + ((s_t / a_t) ** 2 - (s_e / a_e) ** 2).sqrt() * noise.randn())
-        x = consistency_fn(f, x, t)
+        x = a[i] * (x / a[-1] + ((s[i] / a[i]) ** 2 - (s[-1] / a[-1]) ** 2).sqrt() * noise.randn())
+        x = consistency_fn(f, x, ts[i], coefs=(a[i], s[i], a[-1], s[-1]))
     return x
+
+
+@grid_tables
+def _cd_tables(sch, nfe, grid):
+    ts = time_grid(sch, grid, nfe, STUDENT_T_END)
+    return ts, sch.alpha(ts), sch.sigma(ts)

@@ -15,3 +15,4 @@ def gmm2d():
 def gmm16d():
     import pretrained
     return pretrained.load("gmm-16d")
+

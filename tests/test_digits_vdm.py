@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 import pretrained
 import samplers
+from toy_heads import with_every_head
 from pretrained import data, vdm
 from pretrained.pins import PINNED_SHA256
 from pretrained.vdm import (NAME, VDM_FOLDER, GammaNet, LearnedSchedule, bits_per_dim, diffusion_loss, load_vdm,
@@ -87,8 +88,8 @@ def test_inverse_of_an_untrained_wiggly_schedule():
 @pytest.mark.parametrize("name", samplers.available())
 def test_every_sampler_runs_on_the_learned_schedule(ck, name):
     sampler = samplers.get(name)
-    model = samplers.DiffusionModel(lambda x, t: 0.3 * x + 0.1 * t[:, None], ck.model.schedule, "eps",
-                                    data_shape=(2,), net_dtype=torch.float64)
+    model = with_every_head(samplers.DiffusionModel(lambda x, t: 0.3 * x + 0.1 * t[:, None], ck.model.schedule,
+                                                    "eps", data_shape=(2,), net_dtype=torch.float64))
     nfe = None if sampler.adaptive else next(n for n in range(6, 40) if _supported(sampler, n))
     noise = samplers.SampleNoise(1, range(3), (2,)) if sampler.stochastic else None
     with model.counting() as c:
