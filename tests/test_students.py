@@ -185,8 +185,8 @@ def test_unsupported_cells(digits):
 
 
 def write_fixture():
-    """Regenerate the committed samples (after retraining a student): python -c 'import tests.test_students as t;
-    t.write_fixture()'."""
+    """Regenerate the committed samples after retraining a student:
+    PYTHONPATH=tests python -c 'import test_students as t; t.write_fixture()'."""
     model = pretrained.load("digits").model
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     torch.save({f"{n}@{k}": _sample(model, n, k) for n, k in SAMPLE_CELLS}, FIXTURE)

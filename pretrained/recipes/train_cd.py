@@ -87,7 +87,8 @@ def main(argv=None):
                            "times": [round(float(t), 6) for t in grid]},
         "target_ema": a.target_ema,
         "training": {"steps": result["best_step"], "steps_run": result["steps_run"], "seconds": result["seconds"],
-                     "final_loss": best["train_loss"], "best": {k: v for k, v in best.items() if k.startswith("fid")},
+                     "final_loss": result["curve"][-1][1],
+                     "best": {k: v for k, v in best.items() if k.startswith("fid")},
                      "recipe": "python -m pretrained.train cd", "curve": "training_curve.csv"}})
     print(f"shipped step {result['best_step']}, quick FID {best['fid_nfe1']:.3f}, "
           f"sha256 {manifest['weights_sha256'][:12]}")

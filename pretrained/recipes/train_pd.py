@@ -31,14 +31,15 @@ def main(argv=None):
     p = student_args(__doc__, workdir="train_pd", out=OUT, steps=500, eval_every=500, lr=2e-4)
     p.add_argument("--start", type=int, default=32, help="student steps of round 1 (teacher: DDIM at twice that)")
     p.add_argument("--ship", type=int, nargs="+", default=[8, 4, 2, 1])
-    p.add_argument("--round-minutes", type=float, default=float("inf"), help="wall-time cap of each round")
+    p.add_argument("--round-minutes", type=float, nargs="+", default=[float("inf")],
+                   help="wall-time cap of each round, in round order (the last value repeats)")
     a = p.parse_args(argv)
     work = open_log(a.workdir)
     _, teacher_model, teacher_manifest = teacher()
     init, v_manifest = v_start()
     config = v_manifest["architecture"]["config"]
     batch = data_sampler(a.batch)
-    options = {**fit_options(a), "max_seconds": a.round_minutes * 60}
+    options = fit_options(a)
 
     rounds, shipped, t_model, state = [], {}, teacher_model, init
     n = a.start
@@ -49,14 +50,15 @@ def main(argv=None):
         def loss_fn(student, g, step, n=n, t_model=t_model):
             return pd_loss(v_model(student, f"pd:{n}", grad=True), t_model, batch(g), n, STUDENT_T_END, g)
 
+        minutes = a.round_minutes[min(len(rounds), len(a.round_minutes) - 1)]
         result = fit(work / f"round_n{n}", net, loss_fn, steps=a.steps,
                      evaluate=fid_evaluator({"fid": ("pd", n)}, a.eval_samples, head=f"pd:{n}"), select="fid",
-                     **options)
+                     **{**options, "max_seconds": minutes * 60})
         write_curve(work / f"round_n{n}" / "training_curve.csv", result)
         best = next(r for r in result["curve"] if r[0] == result["best_step"])
         rounds.append({"student_steps": n, "teacher": ("digits (eps), DDIM" if n == a.start else "previous student, DDIM")
                        + f" at {2 * n} steps", "steps": result["best_step"], "steps_run": result["steps_run"],
-                       "seconds": result["seconds"], "final_loss": result["curve"][-1][1],
+                       "minutes_cap": minutes, "seconds": result["seconds"], "final_loss": result["curve"][-1][1],
                        "fid_at_start": result["curve"][0][3],
                        "best_fid": best[3], "curve": [[r[0], r[1], r[3]] for r in result["curve"]]})
         state = result["state"]
