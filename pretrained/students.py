@@ -39,8 +39,10 @@ def load_student(folder, name: str, head: str, device: torch.device, prefix: str
 
 
 def _register(folder, name: str, head: str, prefix: str = "") -> None:
-    register_head(TEACHER, head, lambda device: load_student(folder, name, head, device, prefix),
-                  check=lambda: verify_weights(folder, name) and None)
+    def check() -> None:
+        verify_weights(folder, name)
+
+    register_head(TEACHER, head, lambda device: load_student(folder, name, head, device, prefix), check=check)
 
 
 if "digits-kd" in PINNED_SHA256:
