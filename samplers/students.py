@@ -115,7 +115,7 @@ def pd(model, x, nfe, *, noise):
 def cd(model, x, nfe, *, noise, grid):
     """Song et al. 2023, Algorithm 1: f at T, then nfe - 1 times re-noise to the grid's next time and apply f.
 
-    Default grid logSNR: 2 NFE re-noise at sigma/alpha = 1.1, near the paper's two-step sigma = 0.821 on CIFAR-10.
+    Default grid logSNR: 2 NFE re-noise at sigma/alpha = 1.26, near the paper's two-step sigma = 0.821 on CIFAR-10.
     """
     f = model.head(CD_HEAD)
     ts, a, s = on_state(x, *_cd_tables(f.schedule, nfe, grid))  # the grid and its alpha, sigma, once per call
