@@ -29,10 +29,8 @@ class ClassLabels:
 
     The network is called ``fn(x, t_in, labels)``; label ``num_classes`` is the null (unconditional) class of
     classifier-free guidance, and ``fn(x, t_in)`` (no labels) means the null class for every sample. Another kind
-    of condition (a text embedding) would give the same four methods: ``draw``, ``check``, ``null``, ``describe``.
+    of condition (a text embedding) would give the same three methods: ``draw``, ``check``, ``null``.
     """
-
-    kind = "class"
 
     def __init__(self, num_classes: int):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -56,9 +54,6 @@ class ClassLabels:
     def null(self, batch: int, device) -> torch.Tensor:
         """The null condition of ``batch`` samples (the unconditional branch)."""
         return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
-
-    def describe(self) -> str:
-        return f"{self.num_classes} classes"
 
     def __repr__(self):
         return f"ClassLabels({self.num_classes})"
