@@ -130,7 +130,8 @@ def _cmd_list(args) -> int:
         spec = samplers.describe(name)
         opts = ", ".join(f"{k}={v!r}" for k, v in {**spec.defaults, **spec.fixed}.items())
         print(f"  {'*' if name in default else ' '} {name:28s} {spec.description}")
-        print(textwrap.indent(textwrap.fill(opts, 90), " " * 34))
+        if opts:
+            print(textwrap.indent(textwrap.fill(opts, 90), " " * 34))
     from samplers import likelihood
 
     from .grid import DEFAULT_ESTIMATORS, NLL_PREFIX
@@ -149,6 +150,9 @@ def _cmd_list(args) -> int:
         e = pretrained.entry(name)
         print(f"    {name:12s} shape={e.data_shape} schedule={e.schedule} prediction={e.prediction} "
               f"n_samples={e.default_n_samples}: {e.description}")
+        heads = pretrained.registry.heads_of(name)
+        if heads:
+            print(f"    {'':12s} heads (students, derivative heads): {', '.join(heads)}")
     return 0
 
 

@@ -169,8 +169,13 @@ def test_check_passes_on_identical_and_fails_on_worse_or_missing(tmp_path, capsy
 def test_list_shows_samplers_grids_checkpoints():
     out = _cli("list")
     assert out.returncode == 0
-    for word in ("ddim", "heun", "karras", "logSNR", "gmm-2d", "gmm-16d"):
+    for word in ("ddim", "heun", "karras", "logSNR", "gmm-2d", "gmm-16d", "digits-cond", "kd", "pd", "cd", "genie"):
         assert word in out.stdout
+    # A checkpoint's heads are listed under it: the students and GENIE's head of digits.
+    lines = out.stdout.splitlines()
+    digits = lines.index("checkpoints:") + 1
+    assert lines[digits].split()[0] == "digits"
+    assert lines[digits + 1].split(": ")[-1].split(", ") == ["cd", "genie", "kd", "pd:1", "pd:2", "pd:4", "pd:8"]
 
 
 def _one_and_two_ranks(tmp_path, args):
