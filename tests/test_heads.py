@@ -97,3 +97,4 @@ def test_register_head_attaches_to_the_loaded_checkpoint(monkeypatch):
     with ck.model.counting() as c:
         ck.model.head("toy")(x, 0.5)
     assert c.n == 1
+

@@ -126,3 +126,18 @@ def test_network_output_is_checked_on_every_call(out, got):
     expected = r"expected a floating tensor of shape \(3, 2\)"
     with pytest.raises(ValueError, match=rf"network 'tiny' returned {got}.*{expected}"):
         m.eps(torch.zeros(3, 2, dtype=torch.float64), 0.5)
+
+
+def test_native_precision_on_cuda_turns_tf32_convolutions_off_for_the_call():
+    from samplers.model import precision
+
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with precision(torch.device("cuda"), None):
+            assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cudnn.allow_tf32 is True  # restored after the call
+        with precision(torch.device("cpu"), None):
+            assert torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
