@@ -35,9 +35,9 @@ def gmm_16d(device: torch.device) -> Checkpoint:
 MIXTURES = {"gmm-2d": ring_2d, "gmm-16d": random_mixture}
 
 
-def _exact_genie_head(name: str):
-    return lambda device: MIXTURES[name](VPLinear(), device=device).as_model(f"{name}/genie", derivative=True)
+def _exact_genie_head(ck: Checkpoint):
+    return ck.extras["mixture"].as_model(f"{ck.name}/genie", derivative=True)
 
 
 for _name in MIXTURES:
-    register_head(_name, "genie", _exact_genie_head(_name))
+    register_head(_name, "genie", _exact_genie_head)

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from samplers.model import DiffusionModel
 from samplers.schedules import VPLinear
 
-from .digits import DATA_SHAPE, UNET_FOLDER, load_unet
+from .digits import DATA_SHAPE, UNET_FOLDER
 from .nets import ResBlock, UNet
 from .registry import register_head
 from .weights import WEIGHTS_ROOT, load_weights, read_manifest, verify_weights
@@ -94,11 +94,11 @@ def check() -> None:
                          f"{manifest.get('teacher', {}).get('weights_sha256')!r}, the digits UNet is {teacher}")
 
 
-def _load(device: torch.device) -> DiffusionModel:
+def _load(ck) -> DiffusionModel:
+    """The head over the checkpoint's own UNet (already loaded and checked), on its device."""
     check()
-    net, _ = load_unet()
     head, _ = load_head()
-    return as_model(net.to(device), head.to(device))
+    return as_model(ck.extras["net"], head.to(ck.device))
 
 
 register_head("digits", "genie", _load, check)

@@ -79,10 +79,11 @@ _REGISTRY: dict[str, CheckpointEntry] = {}
 _HEADS: dict[str, dict[str, tuple]] = {}  # checkpoint -> {head name: (loader, check)}
 
 
-def register_head(checkpoint: str, head: str, loader: Callable[[torch.device], DiffusionModel],
+def register_head(checkpoint: str, head: str, loader: Callable[[Checkpoint], DiffusionModel],
                   check: Callable[[], None] | None = None) -> None:
     """Attach a further network (a distilled student, a derivative head) to ``checkpoint``: ``load`` builds it
-    with ``loader(device)`` and passes it to the checkpoint's model as ``heads[head]``; ``check()`` raises
+    with ``loader(ck)`` from the loaded checkpoint (its device, and what it already loaded, e.g. the network a head
+    reads) and passes it to the checkpoint's model as ``heads[head]``; ``check()`` raises
     ValueError where its weights would not load (``validate`` runs it). Duplicates raise."""
     if not head or any(c.isspace() for c in head):
         raise ValueError(f"invalid head name {head!r}")
@@ -205,6 +206,6 @@ def load(name: str, device="cpu") -> Checkpoint:
 def _load(name: str, device: torch.device) -> Checkpoint:
     ck = entry(name).loader(device)
     if _HEADS.get(name):
-        heads = {**ck.model.heads, **{h: loader(device) for h, (loader, _) in _HEADS[name].items()}}
+        heads = {**ck.model.heads, **{h: loader(ck) for h, (loader, _) in _HEADS[name].items()}}
         ck.model = ck.model.replace(heads=heads)
     return ck

@@ -6,6 +6,8 @@ samplers/students.py. Recipes: pretrained/recipes/train_{digits_v,kd,pd,cd}.py.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from samplers.model import DiffusionModel
@@ -28,9 +30,15 @@ def _boundary(state: dict, manifest: dict, head: str, device: torch.device) -> D
     return v_model(net.eval().to(device), f"{TEACHER}/{head}")
 
 
+@lru_cache(maxsize=None)
+def _weights(folder, name: str) -> tuple[dict, dict]:
+    """A students' weights file, read and pin-checked once per process (digits-pd holds four students)."""
+    return load_weights(folder, name)
+
+
 def load_student(folder, name: str, head: str, device: torch.device, prefix: str = "") -> DiffusionModel:
     """The student ``head`` from the weights ``folder`` of checkpoint ``name`` (pin-checked); keys under ``prefix``."""
-    state, manifest = load_weights(folder, name)
+    state, manifest = _weights(folder, name)
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
@@ -42,7 +50,7 @@ def _register(folder, name: str, head: str, prefix: str = "") -> None:
     def check() -> None:
         verify_weights(folder, name)
 
-    register_head(TEACHER, head, lambda device: load_student(folder, name, head, device, prefix), check=check)
+    register_head(TEACHER, head, lambda ck: load_student(folder, name, head, ck.device, prefix), check=check)
 
 
 if "digits-kd" in PINNED_SHA256:

@@ -85,9 +85,9 @@ def test_requires_makes_an_unsupported_row_and_refuses_to_sample(tmp_path, gmm2d
 def test_register_head_attaches_to_the_loaded_checkpoint(monkeypatch):
     monkeypatch.setattr(registry, "_HEADS", {})
     seen = []
-    registry.register_head("gmm-2d", "toy", lambda device: _model(name="toy"), check=lambda: seen.append(1))
+    registry.register_head("gmm-2d", "toy", lambda ck: _model(name=f"{ck.name}/toy"), check=lambda: seen.append(1))
     with pytest.raises(ValueError, match="already has a head 'toy'"):
-        registry.register_head("gmm-2d", "toy", lambda device: _model())
+        registry.register_head("gmm-2d", "toy", lambda ck: _model())
     assert registry.heads_of("gmm-2d") == ["toy"] and registry.checkpoints_with_head("toy") == ["gmm-2d"]
     pretrained.validate("gmm-2d")
     assert seen == [1]
