@@ -26,6 +26,11 @@ for _module in (
     "unipc",
     "students",
     "genie",
+    "ancestral",
+    "sde",
+    "edm",
+    "lms",
+    "ipndm",
 ):
     _importlib.import_module(f".{_module}", __name__)
 
