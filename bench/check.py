@@ -58,27 +58,57 @@ def write_baseline(results_dir: str | Path, out: str | Path) -> int:
     return len(df)
 
 
+INT_RANGES = {"nfe": (1, 2**63 - 1), "seed": (0, 2**63 - 1), "n_samples": (1, 2**63 - 1)}  # as `run` allows them
+INT64_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _exact_int(text: str):
+    """The integer a CSV cell spells ("3", "3.0"), exactly; None if it spells no integer."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return int(x) if math.isfinite(x) and x.is_integer() and abs(x) < 2**53 else None
+
+
 def _parse_column(values: pd.Series, dtype: str) -> tuple[pd.Series, str | None]:
-    """(values as ``dtype``, None) or (None, what is wrong with them); ``values`` are the CSV's strings."""
+    """(values as ``dtype``, None) or (None, what is wrong with them); ``values`` are the CSV's strings.
+
+    Only an empty cell is a missing value: a spelled "nan" or "inf" is refused (a NaN baseline metric would turn
+    the gate off for it), and integers must lie in their column's range (``INT_RANGES``), never wrapped.
+    """
     present = values.notna()
-    if dtype in ("Int64", "int64", "float64"):
+    if dtype == "float64":
         number = pd.to_numeric(values, errors="coerce")
-        spelled_nan = values.str.strip().str.lower().isin(["nan", "<na>"])
-        bad = present & number.isna() & ~spelled_nan
+        spelled = present & number.isna() & values.str.strip().str.lower().isin(["nan", "<na>", "-nan", "+nan"])
+        bad = present & number.isna() & ~spelled
         if bad.any():
             return None, f"values that are not numbers: {_quote(values, bad)}"
-        if dtype == "float64":
-            bad = number.notna() & ~number.map(math.isfinite, na_action="ignore").astype(bool)
-            if bad.any():
-                return None, f"non-finite values {_quote(values, bad)}; a metric is a finite number or empty"
-            return number.astype("float64"), None
-        finite = number.map(math.isfinite, na_action="ignore").fillna(True).astype(bool)
-        bad = number.notna() & (~finite | (number != number.round()))
+        bad = spelled | (number.notna() & ~number.map(math.isfinite, na_action="ignore").astype(bool))
+        if bad.any():
+            return None, f"non-finite values {_quote(values, bad)}; a metric is a finite number or empty"
+        return number.astype("float64"), None
+    if dtype in ("Int64", "int64"):
+        number = pd.to_numeric(values, errors="coerce")
+        bad = present & number.isna()
+        if bad.any():
+            return None, f"values that are not numbers: {_quote(values, bad)}"
+        ints = [None if pd.isna(v) else _exact_int(v) for v in values]
+        bad = present & pd.Series([v is None for v in ints], index=values.index)
         if bad.any():
             return None, f"values that are not integers: {_quote(values, bad)}"
-        if dtype == "int64" and number.isna().any():
-            return None, f"empty values (line {_line(number.isna())}); every cell has one"
-        return number.astype(dtype), None
+        lo, hi = INT_RANGES.get(values.name, INT64_RANGE)
+        bad = pd.Series([v is not None and not lo <= v <= hi for v in ints], index=values.index)
+        if bad.any():
+            return None, f"values out of range {_quote(values, bad)}; allowed: {lo}..{hi}"
+        if dtype == "int64" and (~present).any():
+            return None, f"empty values (line {_line(~present)}); every cell has one"
+        return pd.Series(pd.array(ints, dtype="Int64"), index=values.index).astype(dtype), None
     if dtype == "string":
         if values.name in JSON_COLUMNS:
             bad = present & ~values.map(_is_json_object, na_action="ignore").fillna(True).astype(bool)

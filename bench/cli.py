@@ -5,106 +5,39 @@ import argparse
 import sys
 import textwrap
 
+from .preflight import captured_third_party, one_line
+
 DEFAULT_CHECKPOINT = "digits"
 DEFAULT_NFE = (5, 10, 20)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_RESULTS = "results"
 
 
-MAX_SEED = 2**63 - 1  # seeds are stored as int64
-
-
-def _validate_run_args(args) -> None:
-    """Scalar arguments of `run`, checked before anything is loaded or written."""
-    from samplers.registry import validate_nfe
-
-    if args.threads < 0:
-        raise ValueError(f"--threads {args.threads}: must be >= 1 (or 0 for torch's choice)")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
-    if args.n_samples is not None and args.n_samples < 1:
-        raise ValueError(f"--n-samples {args.n_samples}: must be >= 1")
-    if args.nll_samples < 1:
-        raise ValueError(f"--nll-samples {args.nll_samples}: must be >= 1")
-    for seed in args.seeds:
-        if not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"--seeds {seed}: seeds must be in 0..2**63-1")
-    for nfe in args.nfe:
-        validate_nfe(nfe, allow_large=args.allow_large_nfe)
-    if args.guidance is not None:
-        from samplers.model import check_guidance
-        for g in args.guidance:
-            try:
-                check_guidance(g)
-            except ValueError as exc:
-                raise ValueError(f"--guidance {g:g}: {exc}") from None
-
-
-def _check_guidance_checkpoints(checkpoints: dict, guidance) -> None:
-    """--guidance needs conditional checkpoints: an unconditional one stops the run before any cell."""
-    if guidance is None:
-        return
-    uncond = [name for name, ck in checkpoints.items() if ck.model.condition is None]
-    if uncond:
-        raise ValueError(f"--guidance: checkpoint {uncond[0]!r} is unconditional (no class labels to guide with); "
-                         f"guidance needs a conditional checkpoint such as 'digits-cond'")
-
-
-def _load_checkpoints(names, device) -> dict:
-    """Every checkpoint of the sweep, loaded once on its device: a bad name or folder stops before any cell."""
-    import pretrained
-
-    out = {}
-    for name in dict.fromkeys(names):
-        pretrained.entry(name)  # unknown names: the registry's message
-        try:
-            out[name] = pretrained.load(name, device=device)
-        except ValueError:
-            raise
-        except Exception as exc:  # noqa: BLE001 -- a folder that cannot be read is the user's input
-            raise ValueError(f"checkpoint {name!r} cannot be loaded: {type(exc).__name__}: {exc}") from exc
-    return out
-
-
 def _cmd_run(args) -> int:
     import torch
 
     from . import dist
-    from .devices import resolve_device
-    from .grid import make_cells, parse_shard, resolve_samplers, shard_cells
+    from .preflight import plan_run
     from .runner import RunOptions, run_sweep
     from .store import ResultsStore
 
-    _validate_run_args(args)
-    shard = parse_shard(args.shard)
-    device = resolve_device(args.device)
-    sampler_objs = resolve_samplers(args.sampler)
-    checkpoints = _load_checkpoints(args.checkpoint, device)
-    _check_guidance_checkpoints(checkpoints, args.guidance)
-    cells = shard_cells([c for name in checkpoints for c in make_cells(
-        [name], sampler_objs, args.nfe, args.seeds, args.n_samples or _default_n(name), state_dtype=args.state_dtype, net_dtype=args.net_dtype,
-        n_likelihood=args.nll_samples, guidance=args.guidance)], shard)
-    ResultsStore(args.results).prepare()  # the last check (writable folder); it creates the folder
+    plan = plan_run(args)  # every check; nothing written yet
     if args.threads:
         torch.set_num_threads(args.threads)
-    dist.init_from_env(device)
-    counts = run_sweep(cells, args.results, options=RunOptions(device=device, batch_size=args.batch_size,
-                                                               compile=args.compile),
+    dist.init_from_env(plan.device)  # the rendezvous is bounded (dist.RENDEZVOUS_TIMEOUT_S); still nothing written
+    ResultsStore(args.results).prepare()  # creates the folder
+    counts = run_sweep(plan.cells, args.results, options=RunOptions(device=plan.device, batch_size=args.batch_size,
+                                                                    compile=args.compile),
                        progress=not args.quiet)
     if not dist.is_main():
         return 0
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-    print(f"{len(cells)} cells ({summary}); results in {args.results}/results.parquet")
+    print(f"{len(plan.cells)} cells ({summary}); results in {args.results}/results.parquet")
     if counts.get("taken"):
         print(f"{counts['taken']} cells were being computed by another run on {args.results}; run again to "
               f"pick up any it leaves unfinished")
     print(f"next: python -m bench report --results {args.results}")
     return 0
-
-
-def _default_n(name: str) -> int:
-    import pretrained
-    return pretrained.entry(name).default_n_samples
 
 
 def _cmd_compact(args) -> int:
@@ -113,6 +46,11 @@ def _cmd_compact(args) -> int:
     store = ResultsStore(args.results)
     if not store.path.exists():
         raise ValueError(f"no results in {args.results}; nothing to compact")
+    if args.drop_damaged:
+        store.check_entries()
+        moved = store.drop_damaged()
+        print(f"moved {len(moved)} damaged parts to {store.dir / 'damaged'}" + "".join(f"\n  {p.name}" for p in moved))
+    store.check()  # every part readable, every entry of the right type and writable: nothing half done
     df = store.read()
     store.rewrite(df)
     print(f"{len(df)} rows in one part: {store.path}")
@@ -194,10 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .runner import DEFAULT_BATCH
     from samplers.registry import MAX_NFE
 
+    from .preflight import MAX_BATCH, MAX_NLL_SAMPLES, MAX_OPTION_INT, MAX_SAMPLES
+
     p = _Parser(prog="python -m bench", description="samplerbench: benchmark diffusion samplers")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="show third-party warnings and log messages (diffusers, accelerate), held back otherwise")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    r = sub.add_parser("run", help="sweep checkpoint x sampler x NFE x seed; rows go to RESULTS/results.parquet")
+    r = sub.add_parser("run", parents=[common], help="sweep checkpoint x sampler x NFE x seed; rows go to RESULTS/results.parquet")
     r.add_argument("--nfe", type=int, nargs="+", default=list(DEFAULT_NFE), help="NFE budgets (default: 5 10 20)")
     r.add_argument("--checkpoint", nargs="+", default=[DEFAULT_CHECKPOINT],
                    help=f"checkpoints (default: {DEFAULT_CHECKPOINT}); see `bench list`")
@@ -225,29 +168,35 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shard", default=None, metavar="I/N",
                    help="take cells I, I+N, ... of the sweep (a job-array index); N jobs may share --results")
     r.add_argument("--allow-large-nfe", action="store_true", help=f"allow NFE above {MAX_NFE}")
+    r.add_argument("--allow-large", action="store_true",
+                   help=f"allow sizes above their caps: --n-samples {MAX_SAMPLES:,}, --nll-samples {MAX_NLL_SAMPLES:,}, "
+                        f"--batch-size {MAX_BATCH:,}, integer sampler options {MAX_OPTION_INT:,}, hub UNet configs")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
 
-    sub.add_parser("list", help="samplers, time grids and checkpoints").set_defaults(func=_cmd_list)
+    sub.add_parser("list", parents=[common], help="samplers, time grids and checkpoints").set_defaults(func=_cmd_list)
 
-    cp = sub.add_parser("compact", help="merge a results folder's parts into one (run when no one reads or writes it)")
+    cp = sub.add_parser("compact", parents=[common], help="merge a results folder's parts into one (run when no one reads or writes it)")
     cp.add_argument("--results", default=DEFAULT_RESULTS)
+    cp.add_argument("--drop-damaged", action="store_true",
+                    help="first move parts that cannot be read to RESULTS/damaged/ (their cells are recomputed by the "
+                         "next run)")
     cp.set_defaults(func=_cmd_compact)
 
-    rep = sub.add_parser("report", help="plots and paper-style tables from a results folder")
+    rep = sub.add_parser("report", parents=[common], help="plots and paper-style tables from a results folder")
     rep.add_argument("--results", default=DEFAULT_RESULTS)
     rep.add_argument("--out", default=None, help="report folder (default: RESULTS/reports; the committed examples: "
                      "--out reports)")
     rep.set_defaults(func=_cmd_report)
 
-    c = sub.add_parser("check", help="fail (exit 1) if any baseline cell got worse or is missing")
+    c = sub.add_parser("check", parents=[common], help="fail (exit 1) if any baseline cell got worse or is missing")
     c.add_argument("--baseline", required=True, help="baseline CSV written by `bench baseline`")
     c.add_argument("--results", default=DEFAULT_RESULTS)
     c.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="relative tolerance (default: %(default)s)")
     c.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="absolute tolerance (default: %(default)s)")
     c.set_defaults(func=_cmd_check)
 
-    b = sub.add_parser("baseline", help="write the ok cells of a results folder as a baseline CSV")
+    b = sub.add_parser("baseline", parents=[common], help="write the ok cells of a results folder as a baseline CSV")
     b.add_argument("--results", default=DEFAULT_RESULTS)
     b.add_argument("--out", required=True)
     b.set_defaults(func=_cmd_baseline)
@@ -255,17 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .store import StoreWriteError
-
-    args = build_parser().parse_args(argv)
+    """Exit codes: 0 done, 1 a check failed or the results folder could not be written mid-run, 2 bad input
+    (one line on stderr, nothing written), 130 interrupted."""
     try:
-        return args.func(args)
-    except ValueError as exc:  # bad input: a clear message, nothing written
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StoreWriteError as exc:  # disk full, permissions changed mid-run: stored rows are intact
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        args = build_parser().parse_args(argv)
+        with captured_third_party(verbose=args.verbose):
+            return args.func(args)
+    except KeyboardInterrupt:  # at start-up too: nothing is written before the pre-flight ends
         print("interrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130
+    except ValueError as exc:  # bad input: a clear message, nothing written
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from .store import StoreWriteError
+        if not isinstance(exc, StoreWriteError):
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)  # disk full, permissions changed mid-run: rows intact
+        return 1

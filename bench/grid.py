@@ -100,12 +100,23 @@ def resolve_samplers(specs: Sequence[str] | None) -> list:
         for name, options in parse_sampler_spec(spec):
             s = get_method(name, **options)
             if isinstance(s, LikelihoodMethod):
-                out.setdefault((s.name, s.config_json()), s)
+                out.setdefault((s.name, canonical_config(s.config_json())), s)
                 continue
-            key = (s.spec.fn, s.config_json())
+            key = (s.spec.fn, canonical_config(s.config_json()))
             if key not in out or (out[key].spec.base is None and s.spec.base is not None):
                 out[key] = s
     return list(out.values())
+
+
+def canonical_number(value):
+    """A number as the cell key holds it: -0.0 is 0.0 (equal computations, equal ids); anything else unchanged."""
+    return 0.0 if isinstance(value, float) and value == 0.0 else value
+
+
+def canonical_config(config_json: str) -> str:
+    """A method's options JSON with its numbers normalised (``canonical_number``), keys sorted."""
+    config = json.loads(config_json)
+    return json.dumps({k: canonical_number(v) for k, v in config.items()}, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -129,9 +140,9 @@ class Cell:
     @property
     def key(self) -> dict:
         return {"checkpoint": self.checkpoint, "sampler": self.sampler.name,
-                "sampler_config": self.sampler.config_json(), "nfe": self.nfe, "seed": self.seed,
+                "sampler_config": canonical_config(self.sampler.config_json()), "nfe": self.nfe, "seed": self.seed,
                 "n_samples": self.n_samples, "state_dtype": self.state_dtype, "net_dtype": self.net_dtype,
-                "guidance": self.guidance}
+                "guidance": canonical_number(self.guidance)}
 
     @property
     def cell_id(self) -> str:
@@ -163,7 +174,7 @@ def make_cells(checkpoints: Iterable[str], sampler_objs: Iterable, nfes: Iterabl
         raise ValueError(f"state dtype {state_dtype!r} is not allowed; allowed: {list(STATE_DTYPES)}")
     if net_dtype not in NET_DTYPES:
         raise ValueError(f"network dtype {net_dtype!r} is not allowed; allowed: {list(NET_DTYPES)}")
-    scales = [None] if guidance is None else sorted({check_guidance(g) for g in guidance})
+    scales = [None] if guidance is None else sorted({canonical_number(check_guidance(g)) for g in guidance})
     if not scales:
         raise ValueError("--guidance needs at least one scale; allowed: numbers >= 0")
     cells = []

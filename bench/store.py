@@ -45,8 +45,17 @@ HEARTBEAT_S = 20.0
 READ_RETRIES = 5           # a compaction may remove a part between listing and reading it
 
 
+LOCK_FILE = ".lock"
+CACHE_DIR = "cache"
+DAMAGED_DIR = "damaged"    # `bench compact --drop-damaged` moves damaged parts here
+
+
 class StoreWriteError(OSError):
     """The results folder could not be written (disk full, permissions): stored rows are intact."""
+
+
+class DamagedStoreError(ValueError):
+    """A stored file cannot be read: the message names it and how to recover. Every command that reads stops alike."""
 
 
 @lru_cache(maxsize=1)
@@ -66,21 +75,54 @@ class ResultsStore:
         self._held_lock = threading.Lock()
 
     # -- checks and housekeeping ----------------------------------------------------------------
-    def prepare(self) -> None:
-        """Check the folder can be written, migrate an old single-file store, sweep leftovers; ValueError if not.
-
-        Everything that can be refused is checked before the first write (the folder, its lock, a probe file).
-        """
-        if self.dir.exists() and not self.dir.is_dir():
-            raise ValueError(f"results folder {self.dir} is a file; give a folder (it is created if missing)")
+    def check(self) -> None:
+        """Everything ``prepare`` could refuse, writing nothing (probe files are created and removed, last): the folder
+        and its own entries (lock, markers, cache, samples, the parts' folder) of the right type, every stored part
+        readable, the folder and its entries writable; ValueError naming the path if not."""
+        entries = self._check_entry_types()
         parts = self._parts()
         if parts:
-            self._read_table(parts[:1], check=True)  # a foreign or damaged file is refused untouched
+            self._read_table(parts[:1], check=True)  # a foreign file is refused untouched
+            self.read()  # a damaged part is named before anything is written
+        self._check_writable(entries)
+
+    def check_entries(self) -> None:
+        """``check`` without reading the stored parts."""
+        self._check_writable(self._check_entry_types())
+
+    def _check_entry_types(self) -> dict[Path, str]:
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ValueError(f"results folder {self.dir} is a file; give a folder (it is created if missing)")
+        kinds = {LOCK_FILE: "file", CELLS_DIR: "folder", CACHE_DIR: "folder", SAMPLES_DIR: "folder"}
+        if self.path.exists() and not self.path.is_file():
+            kinds[RESULTS_FILE] = "folder"
+        entries = {}
+        for name, kind in kinds.items():
+            path = self.dir / name
+            if not (path.exists() or path.is_symlink()):
+                continue
+            if (kind == "file") != path.is_file() or (kind == "folder") != path.is_dir():
+                raise ValueError(f"{path} should be a {kind} of the results store; move it out of {self.dir} "
+                                 f"(or use another --results folder)")
+            entries[path] = kind
+        return entries
+
+    def _check_writable(self, entries: dict[Path, str]) -> None:
+        from .preflight import check_output_folder, probe_writable
+
+        check_output_folder(self.dir, "results folder")
+        for path, kind in entries.items():
+            reason = (probe_writable(path) if kind == "folder"
+                      else None if os.access(path, os.R_OK | os.W_OK) else "permission denied")
+            if reason:
+                raise ValueError(f"{path} is not writable ({reason}); fix its permissions or use another --results "
+                                 f"folder")
+
+    def prepare(self) -> None:
+        """``check``, then create the folder, migrate an old single-file store and sweep leftovers of killed runs."""
+        self.check()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / f".probe.{HOST}.{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
         except OSError as exc:
             raise ValueError(f"results folder {self.dir} is not writable ({exc.strerror or exc})") from exc
         with self._locked():
@@ -102,7 +144,7 @@ class ResultsStore:
     @contextmanager
     def _locked(self):
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "a+") as fh:
+        with open(self.dir / LOCK_FILE, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -116,7 +158,49 @@ class ResultsStore:
         return sorted(Path(e.path) for e in os.scandir(self.path)
                       if e.name.startswith(PART_PREFIX) and e.name.endswith(".parquet"))
 
+    def _damaged(self, part: Path, exc: BaseException) -> DamagedStoreError:
+        from .preflight import one_line
+
+        return DamagedStoreError(
+            f"results part {part} is damaged ({one_line(exc, 200)}); move it aside with `python -m bench compact "
+            f"--results {self.dir} --drop-damaged` (its cells are then recomputed by the next run)")
+
+    def _find_damaged(self, parts: list[Path], exc: BaseException) -> DamagedStoreError:
+        """The first part that cannot be read alone against the results schema (the error of a whole-dataset read)."""
+        for part in parts:
+            try:
+                self._read_one(part)
+            except FileNotFoundError:
+                raise
+            except (pa.ArrowException, OSError, ValueError) as one:
+                return self._damaged(part, one)
+        return self._damaged(parts[0], exc)
+
+    def _read_one(self, part: Path) -> pa.Table:
+        schema = pa.unify_schemas([pq.read_schema(part), arrow_schema()])
+        return ds.dataset([str(part)], schema=schema, format="parquet").to_table()
+
+    def damaged_parts(self) -> list[Path]:
+        """Every stored part that cannot be read (all parts are read)."""
+        bad = []
+        for part in self._parts():
+            try:
+                self._read_one(part)
+            except FileNotFoundError:
+                continue
+            except (pa.ArrowException, OSError, ValueError):
+                bad.append(part)
+        return bad
+
     def _read_table(self, parts: list[Path], check: bool = False) -> pa.Table:
+        try:
+            return self._read_table_unchecked(parts, check)
+        except (DamagedStoreError, FileNotFoundError):
+            raise
+        except (pa.ArrowException, OSError) as exc:
+            raise self._find_damaged(parts, exc) from None
+
+    def _read_table_unchecked(self, parts: list[Path], check: bool) -> pa.Table:
         first = pq.read_schema(parts[0])
         if check:
             missing = [c for c in REQUIRED_COLUMNS if c not in first.names]
@@ -126,7 +210,7 @@ class ResultsStore:
         try:
             schema = pa.unify_schemas([first, arrow_schema()])
         except pa.ArrowInvalid as exc:
-            raise ValueError(f"{parts[0]}: column types differ from the results schema ({exc})") from exc
+            raise self._damaged(parts[0], exc) from None
         return ds.dataset([str(p) for p in parts], schema=schema, format="parquet").to_table()
 
     def read(self, *, all_attempts: bool = False) -> pd.DataFrame:
@@ -314,5 +398,24 @@ class ResultsStore:
         atomic_write(folder / f"{self._marker(cell_id).name}.npy", write)
 
     def load_samples(self, cell_id: str):
+        """The kept samples of a cell, or None; a damaged file is a DamagedStoreError naming it."""
         path = self.dir / SAMPLES_DIR / f"{self._marker(cell_id).name}.npy"
-        return np.load(path, allow_pickle=False) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            from .preflight import one_line
+            raise DamagedStoreError(f"samples file {path} is damaged ({one_line(exc, 200)}); move it aside (the "
+                                    f"report then shows no samples for that cell) or delete it") from None
+
+    def drop_damaged(self) -> list[Path]:
+        """Move every damaged part into DAMAGED_DIR and forget its cells' final markers, so runs recompute them."""
+        with self._locked():
+            bad = self.damaged_parts()
+            if bad:
+                (self.dir / DAMAGED_DIR).mkdir(exist_ok=True)
+                for part in bad:
+                    os.replace(part, self.dir / DAMAGED_DIR / part.name)
+                self._rebuild_markers(self.read())
+        return bad

@@ -8,6 +8,8 @@ problem is a one-line ValueError naming the path and what was expected.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -40,6 +42,39 @@ LAYOUTS = ("unet/config.json + scheduler/scheduler_config.json (a saved pipeline
            "or config.json + scheduler_config.json (a UNet folder)")
 HUB_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?")
 SHARD_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.safetensors")
+# Caps on the sizes a config gives (checked before the UNet is built); ``allow_large()`` (bench's --allow-large) lifts them.
+MAX_SAMPLE_SIDE = 1024     # sample_size, per side
+MAX_CHANNELS = 64          # in_channels
+MAX_BLOCK_CHANNELS = 4096  # each of block_out_channels
+MAX_BLOCKS = 8             # len(block_out_channels), layers_per_block
+_ALLOW_LARGE = contextvars.ContextVar("allow_large", default=False)
+
+
+@contextlib.contextmanager
+def allow_large(allow: bool = True):
+    """Lift the size caps on configs inside the block (``bench run --allow-large``)."""
+    token = _ALLOW_LARGE.set(allow)
+    try:
+        yield
+    finally:
+        _ALLOW_LARGE.reset(token)
+
+
+def _check_sizes(path: Path, config: dict, size: list, c_in: int) -> None:
+    """ValueError if a size in a UNet config exceeds its cap (a typo there allocates terabytes when the UNet is built)."""
+    if _ALLOW_LARGE.get():
+        return
+    blocks = config.get("block_out_channels", ())
+    layers = config.get("layers_per_block", 1)
+    checks = [("sample_size", max(size), MAX_SAMPLE_SIDE), ("in_channels", c_in, MAX_CHANNELS)]
+    if isinstance(blocks, (list, tuple)):
+        checks += [("len(block_out_channels)", len(blocks), MAX_BLOCKS)]
+        checks += [("block_out_channels", b, MAX_BLOCK_CHANNELS) for b in blocks if isinstance(b, int)]
+    if isinstance(layers, int):
+        checks.append(("layers_per_block", layers, MAX_BLOCKS))
+    for key, value, cap in checks:
+        if value > cap:
+            raise ValueError(f"{path}: {key} {value} exceeds the cap of {cap}; pass --allow-large to load it")
 
 
 @dataclass(frozen=True)
@@ -138,6 +173,7 @@ def _data_shape(path: Path, config: dict) -> tuple[tuple, bool]:
     if not isinstance(c_in, int) or c_in < 1 or c_out not in (c_in, 2 * c_in):
         raise ValueError(f"{path}: out_channels {c_out!r} must equal in_channels {c_in!r} (or twice it: "
                          f"learned variance)")
+    _check_sizes(path, config, size, c_in)
     return (c_in, *size), c_out == 2 * c_in
 
 
