@@ -49,12 +49,15 @@ def validate_tolerances(rtol: float, atol: float) -> None:
 
 def write_baseline(results_dir: str | Path, out: str | Path) -> int:
     """Write the cells of a results folder (key, status, gated metrics) as a CSV baseline."""
-    if Path(out).is_dir():
-        raise ValueError(f"baseline --out {out} is a folder; give a file name such as {Path(out) / 'baseline.csv'}")
+    from .atomic import atomic_write
+    from .preflight import check_output_file
+
     df = read_results(results_dir)
+    check_output_file(out, "baseline --out")
     df = df[list(baseline_columns())].sort_values(list(schema.KEY_COLUMNS), na_position="first")
+    text = df.to_csv(index=False, float_format="%.10g")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False, float_format="%.10g")
+    atomic_write(out, lambda tmp: tmp.write_text(text))  # the old baseline or the whole new one, never a part
     return len(df)
 
 

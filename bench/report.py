@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -351,13 +353,15 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     Args:
         results_dir: a results folder written by ``bench run``.
         out_dir: the report folder (default: ``default_out(results_dir)``); one subfolder per checkpoint,
-            named by ``checkpoint_folder``. Nothing is written outside it.
+            named by ``checkpoint_folder``. Nothing is written outside it, and nothing at all unless every file
+            of the report could be made (they are made in ``staging_folder`` first).
     """
+    from .preflight import check_output_folder
+
     df = read_results(results_dir)
     store = ResultsStore(results_dir)
-    out_dir, written = Path(default_out(results_dir) if out_dir is None else out_dir), []
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"report --out {out_dir} is a file; give a folder (it is created if missing)")
+    out_dir = Path(default_out(results_dir) if out_dir is None else out_dir)
+    check_output_folder(out_dir, "report --out")
     seen = {}  # every folder is checked before anything is written
     for ck in df["checkpoint"].unique():
         name = checkpoint_folder(ck)
@@ -366,6 +370,39 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
                              f"{name!r} (file systems that ignore case included); rename one")
         seen[name.casefold()] = ck
         _inside(out_dir, out_dir / name)
+    stage = staging_folder(out_dir)
+    try:
+        staged = _render(df, store, stage)
+        return _publish(stage, out_dir, staged)
+    except OSError as exc:
+        from .store import StoreWriteError
+        raise StoreWriteError(exc.errno or 5, f"cannot write the report to {out_dir} ({exc.strerror or exc}); "
+                              f"nothing of it was written") from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def staging_folder(out_dir: Path) -> Path:
+    """A hidden folder of this process on the same file system as ``out_dir`` (in it, or in its nearest existing
+    ancestor): a report is rendered there whole, then moved into ``out_dir``, so a failure leaves nothing behind."""
+    from .atomic import HOST
+    from .preflight import _existing_ancestor
+
+    return _existing_ancestor(out_dir) / f".report.{HOST}.{os.getpid()}.staging"
+
+
+def _publish(stage: Path, out_dir: Path, staged: list[Path]) -> list[Path]:
+    """Move every staged file to its place under ``out_dir`` (each destination checked first); the files written."""
+    dests = [_inside(out_dir, out_dir / p.relative_to(stage)) for p in staged]
+    for src, dest in zip(staged, dests):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+    return dests
+
+
+def _render(df: pd.DataFrame, store: ResultsStore, out_dir: Path) -> list[Path]:
+    """Every file of the report under ``out_dir`` (a staging folder); the files written."""
+    written = []
     for ck, d_all in df.groupby("checkpoint", dropna=False):
         d_all = d_all.assign(label=sampler_labels(d_all))
         is_nll = d_all["sampler"].str.startswith(NLL_PREFIX).fillna(False).astype(bool)
