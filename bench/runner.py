@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 import pretrained
 from samplers import SampleNoise, Unsupported, initial_noise
-from samplers.grids import T_END
+from samplers.grids import end_time
 
 from . import dist
 from .atomic import atomic_write
@@ -81,7 +81,7 @@ class ReferenceCache:
                 return load_file(str(path))["x"].to(device)
             except Exception:  # noqa: BLE001 -- a damaged cache file is recomputed, never trusted
                 pass
-        x_T = initial_noise(seed, range(lo, hi), ck.data_shape, device=device)
+        x_T = initial_noise(seed, range(lo, hi), ck.data_shape, device=device, std=ck.model.schedule.prior_std)
         ref = ck.reference_solution(x_T, t_end).to(torch.float64)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,7 @@ def generate_shard(ck, model, cell: Cell, opts: RunOptions, reference, ref_count
     labels = None if cell.guidance is None else (lambda idx: model.condition.draw(cell.seed, idx))
 
     def draw(idx):
-        x_T = initial_noise(cell.seed, idx, ck.data_shape, device=device, dtype=dtype)
+        x_T = initial_noise(cell.seed, idx, ck.data_shape, device=device, dtype=dtype, std=ck.model.schedule.prior_std)
         noise = (SampleNoise(cell.seed, idx, ck.data_shape, device=device, dtype=dtype)
                  if sampler.stochastic else None)
         # the batch's view: its samples' conditions, guided; calls count on ``model``'s counters
@@ -238,7 +238,7 @@ def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: Resu
     if isinstance(cell.sampler, LikelihoodMethod):
         return run_likelihood_cell(ck, cell, opts, row, models)
     try:
-        t_end = float(cell.sampler.options.get("t_end", T_END))
+        t_end = end_time(ck.model.schedule, cell.sampler.options.get("t_end"))
         # the reference is the unguided model's ODE solution: no solver error for guided cells
         k = 0 if cell.guidance is not None else min(cell.n_samples, ck.reference_samples or cell.n_samples)
         reference = refs.get(ck, cell.seed, k, t_end, opts.device) if k else None

@@ -1,9 +1,9 @@
 """Analytic Gaussian mixtures: exact eps(x, t), exact log p_0, exact samples and an exact-ODE oracle.
 
-For p_0 = sum_k w_k N(mu_k, diag(s_k^2)) the VP marginal is p_t = sum_k w_k N(alpha_t mu_k,
-diag(alpha_t^2 s_k^2 + sigma_t^2)), so the score (and eps = -sigma score) is known in closed form.
+For p_0 = sum_k w_k N(mu_k, diag(s_k^2)) the marginal of any schedule (VP, EDM, flow) is p_t = sum_k w_k
+N(alpha_t mu_k, diag(alpha_t^2 s_k^2 + sigma_t^2)), so the score (and eps = -sigma score) is known in closed form.
 The oracle solves the probability-flow ODE from x_T with an 8th-order adaptive Runge-Kutta
-(torchdiffeq dopri8) in float64 at a tolerance of 1e-13 (global error about 2e-9).
+(torchdiffeq dopri8) in lambda, float64, at a tolerance of 1e-13 (global error about 5e-9 against 1e-14).
 The mixture's parameters, scores, densities and oracle live on its device; exact samples and
 moments are computed from CPU copies, so they are the same numbers on every device.
 """
@@ -16,14 +16,14 @@ import torch
 
 from samplers.genie import eps_derivative
 from samplers.model import DiffusionModel
-from samplers.schedules import NoiseSchedule
+from samplers.schedules import NoiseSchedule, VPSchedule
 
-ORACLE_RTOL = 1e-13  # global error <= 2e-9 (measured against 1e-14); 1e-10 left ~1e-7
+ORACLE_RTOL = 1e-13  # global error <= 6e-9 (measured against 1e-14 on gmm-16d / gmm-2d, every family)
 ORACLE_ATOL = 1e-13
 
 
 class GaussianMixture:
-    """A diagonal-covariance Gaussian mixture data distribution under a VP schedule."""
+    """A diagonal-covariance Gaussian mixture data distribution under a noise schedule of any family."""
 
     def __init__(self, weights, means, stds, schedule: NoiseSchedule, device="cpu"):
         w = torch.as_tensor(weights, dtype=torch.float64)
@@ -51,7 +51,11 @@ class GaussianMixture:
         log_a = self._time(self.schedule.log_alpha, t)
         log_a = log_a.expand(x.shape[0]) if log_a.dim() == 0 else log_a
         a = torch.exp(log_a)[:, None, None]
-        s2 = (-torch.expm1(2.0 * log_a))[:, None, None]
+        if isinstance(self.schedule, VPSchedule):
+            s2 = (-torch.expm1(2.0 * log_a))[:, None, None]
+        else:
+            s2 = self._time(lambda u: torch.exp(2.0 * self.schedule.log_sigma(u)), t)
+            s2 = (s2.expand(x.shape[0]) if s2.dim() == 0 else s2)[:, None, None]
         cov = a**2 * self.s2[None] + s2                                  # (B, K, D)
         diff = x[:, None, :] - a * self.mu[None]
         logn = -0.5 * ((diff**2 / cov) + torch.log(2 * math.pi * cov)).sum(-1)
@@ -76,9 +80,29 @@ class GaussianMixture:
         """(eps, d eps / d gamma along the PF-ODE), exact: one JVP of the exact eps (GENIE's derivative; t: (B,))."""
         return eps_derivative(self.eps, self.schedule, x, t)
 
+    def edm_net(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        """The exact F of EDM's preconditioned denoiser D = c_skip x + c_out F(c_in x, c_noise) (EDM schedule)."""
+        sigma = torch.exp(4.0 * c_noise)
+        c_skip, c_out, c_in, _ = (c.reshape(-1, 1) for c in self.schedule.precondition(sigma))
+        x = x_in / c_in
+        d = x + sigma.reshape(-1, 1) ** 2 * self.score(x, sigma)  # Tweedie: x0 = x + sigma^2 score (alpha = 1)
+        return (d - c_skip * x) / c_out
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The exact velocity d x_t / d t = alpha' x0 + sigma' eps (flow: eps - x0), from the exact eps."""
+        eps = self.eps(x, t)
+        a, s = (self._time(fn, t).reshape(-1, 1) for fn in (self.schedule.alpha, self.schedule.sigma))
+        da, ds = (v.to(self.device).reshape(-1, 1) for v in self.schedule.alpha_sigma_derivatives(t))
+        return da * (x - s * eps) / a + ds * eps
+
     def as_model(self, name: str, derivative: bool = False) -> DiffusionModel:
-        """The analytic 'network' behind the model boundary; ``derivative``: with its exact ``derivative_fn``."""
-        return DiffusionModel(self.eps, self.schedule, "eps", data_shape=(self.dim,), net_dtype=torch.float64,
+        """The analytic 'network' behind the model boundary, predicting what its family's networks predict: eps (VP),
+        EDM's preconditioned F ("edm") or the flow velocity ("velocity"); ``derivative``: eps with its exact
+        ``derivative_fn``."""
+        family = getattr(self.schedule, "family", "vp")
+        prediction = "eps" if derivative else {"edm": "edm", "flow": "velocity"}.get(family, "eps")
+        fn = {"eps": self.eps, "edm": self.edm_net, "velocity": self.velocity}[prediction]
+        return DiffusionModel(fn, self.schedule, prediction, data_shape=(self.dim,), net_dtype=torch.float64,
                               name=name, device=self.device,
                               derivative_fn=self.eps_and_derivative if derivative else None)
 
@@ -98,23 +122,28 @@ class GaussianMixture:
         return mean, second - torch.outer(mean, mean)
 
     def ode_solution(self, x_T: torch.Tensor, t_end: float, t_start: float | None = None) -> torch.Tensor:
-        """The probability-flow ODE solved from x_T at t_start (default T) to t_end, tolerance 1e-13, on the device."""
+        """The probability-flow ODE solved from x_T at t_start (default T) to t_end, tolerance 1e-13, on the device.
+
+        Solved in the family-invariant form d xbar / d lambda = -rho eps (xbar = x / alpha, rho = sigma / alpha) with
+        the exact eps: the same ODE on VP, EDM and flow (in t, EDM's 80 -> 0.002 underflows dopri8's step).
+        """
         sch = self.schedule
         t_start = sch.T if t_start is None else t_start
         x_T = self._on_device(x_T, "x_T")
         if self.device.type == "meta":
             raise ValueError("the exact ODE oracle needs values (adaptive steps): not available on the meta device")
 
-        def velocity(t, x):
-            # dx/dt = f x - g^2 score / 2 with the exact score: going through eps = -sigma score and back
-            # costs the round-off that stalls dopri8 at this tolerance.
-            f, g2 = (v.to(self.device) for v in sch.drift_diffusion(t))
-            return f * x - 0.5 * g2 * self.score(x, t)
+        def velocity(lam, xb):
+            t = sch.inverse_lambda(lam.cpu())
+            a, rho = (v.to(self.device) for v in (sch.alpha(t), sch.rho(t)))
+            return -rho * self.eps(xb * a, t.reshape(1).expand(xb.shape[0]))
 
         from torchdiffeq import odeint  # imports scipy (0.4 s): only when an oracle is solved
 
-        ts = torch.tensor([t_start, t_end], dtype=torch.float64, device=self.device)
-        return odeint(velocity, x_T, ts, method="dopri8", rtol=ORACLE_RTOL, atol=ORACLE_ATOL)[-1]
+        ts = torch.tensor([t_start, t_end], dtype=torch.float64)
+        lams, alphas = sch.lambda_(ts).to(self.device), sch.alpha(ts).to(self.device)
+        xb = odeint(velocity, x_T / alphas[0], lams, method="dopri8", rtol=ORACLE_RTOL, atol=ORACLE_ATOL)[-1]
+        return xb * alphas[1]
 
 
 def ring_2d(schedule: NoiseSchedule, modes: int = 8, radius: float = 1.0, std: float = 0.1,

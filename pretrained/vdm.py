@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 import samplers
 from samplers.model import DiffusionModel
-from samplers.schedules import NoiseSchedule
+from samplers.schedules import VPSchedule
 
 from .data import MAX_LEVEL, split_sha256
 from .digits import (DATA_LEVELS, DATA_SHAPE, DEFAULT_N_SAMPLES, FEATURES_FOLDER, FID_EXTRACTOR, ORACLE_STEPS,
@@ -90,7 +90,7 @@ class VDM(nn.Module):
         return self.net(z, net_time(gamma))
 
 
-class LearnedSchedule(NoiseSchedule):
+class LearnedSchedule(VPSchedule):
     """A VDM learned schedule as a VP schedule: log alpha = -softplus(gamma) / 2, lambda = -gamma / 2 (float64).
 
     Args:

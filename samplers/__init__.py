@@ -11,7 +11,7 @@ from .model import PREDICTIONS, DiffusionModel
 from .noise import SampleNoise, initial_noise
 from .registry import (MAX_NFE, Interval, Sampler, Unsupported, UnsupportedNFE, available, describe, get, register, register_preset,
                        validate_nfe)
-from .schedules import NoiseSchedule, VPCosine, VPDiscrete, VPLinear, make_schedule
+from .schedules import EDM, FAMILIES, VP_T_END, FlowMatching, NoiseSchedule, VPCosine, VPDiscrete, VPLinear, VPSchedule, make_schedule
 from .state import STATE_DTYPES
 
 # Each module below registers its samplers on import; a new sampler family adds one line here.
@@ -34,7 +34,8 @@ for _module in (
 ):
     _importlib.import_module(f".{_module}", __name__)
 
-__all__ = ["DiffusionModel", "PREDICTIONS", "NoiseSchedule", "VPLinear", "VPCosine", "VPDiscrete",
+__all__ = ["DiffusionModel", "PREDICTIONS", "NoiseSchedule", "VPSchedule", "VPLinear", "VPCosine", "VPDiscrete", "EDM",
+           "FlowMatching", "FAMILIES", "VP_T_END",
            "make_schedule", "SampleNoise", "initial_noise", "Sampler", "Unsupported", "UnsupportedNFE", "available",
            "describe", "get", "register", "register_preset", "time_grid", "T_END", "MAX_NFE", "validate_nfe",
            "Interval", "STATE_DTYPES"]

@@ -14,7 +14,7 @@ from functools import partial
 
 import torch
 
-from .grids import T_END, T_MAX, time_grid
+from .grids import T_END, T_MAX, end_time, time_grid
 from .model import alpha_sigma
 from .registry import Interval, UnsupportedNFE, register, register_preset
 from .state import grid_tables, lincomb, on_state
@@ -241,8 +241,7 @@ def dpm_solver_adaptive(model, x, nfe, *, noise, order, prediction, solver_type,
     try, which accepting or rejecting needs) and sends the next step's coefficients there (one copy).
     """
     sch, data = model.schedule, prediction == "data"
-    if not 0 < t_end < sch.T:
-        raise ValueError(f"dpm_solver_adaptive: need 0 < t_end < T={sch.T}, got {t_end}")
+    t_end = end_time(sch, t_end)
     pred = _predictor(model, data)
     r = [0.5] if order == 2 else [1.0 / 3.0, 2.0 / 3.0]
     s = torch.tensor(sch.T, dtype=torch.float64)

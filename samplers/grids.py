@@ -2,7 +2,9 @@
 
 A grid is part of a sampler's identity in the results (STYLE principle 3). Conventions follow
 DPM-Solver's ``get_time_steps`` (time_uniform, time_quadratic, logSNR) and Karras et al. (2022) for
-``karras`` (uniform in rho^(1/7), rho = sigma / alpha).
+``karras`` (uniform in rho^(1/7), rho = sigma / alpha). Grids defined in time place their points in the
+schedule's ``unwarp``-ed time (a shifted flow's u, as diffusers shifts flow sigmas); logSNR and karras grids
+are defined by the log-SNR alone, so they are the same grid in lambda on every family.
 """
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ from typing import Callable
 
 import torch
 
-from .schedules import NoiseSchedule
+from .schedules import VP_T_END, NoiseSchedule
 
-T_END = 1e-3  # default end of integration (DPM-Solver's eps for continuous VP models)
-T_MAX = 1.0   # the largest schedule end T (VPLinear, VPDiscrete); options are checked against it when built
+T_END = None  # a sampler's default end of integration: the model's own (schedule.t_end: VP 1e-3, EDM sigma_min)
+T_MAX = 1.0   # the largest VP schedule end T (VPLinear, VPDiscrete)
 KARRAS_RHO = 7.0
 
 GridFn = Callable[[NoiseSchedule, int, float, float], torch.Tensor]
@@ -39,11 +41,21 @@ def get_grid(name: str) -> GridFn:
     return _GRIDS[name]
 
 
-def time_grid(schedule: NoiseSchedule, name: str, steps: int, t_end: float = T_END,
+def end_time(schedule: NoiseSchedule, t_end: float | None) -> float:
+    """A sampler's ``t_end`` option on this schedule: None is the schedule's own end; ValueError outside (0, T)."""
+    t = schedule.t_end if t_end is None else float(t_end)
+    if not 0 < t < schedule.T:
+        raise ValueError(f"t_end={t_end} is outside the model's time range; allowed for {schedule!r}: "
+                         f"(0, {schedule.T}) or None (its default end, {schedule.t_end})")
+    return t
+
+
+def time_grid(schedule: NoiseSchedule, name: str, steps: int, t_end: float | None = T_END,
               t_start: float | None = None) -> torch.Tensor:
-    """steps + 1 decreasing times (float64) from t_start (default schedule.T) to t_end."""
+    """steps + 1 decreasing times (float64) from t_start (default schedule.T) to t_end (None: schedule.t_end)."""
     if int(steps) != steps or steps < 1:
         raise ValueError(f"a time grid needs at least 1 step, got {steps}")
+    t_end = end_time(schedule, t_end)
     t_start = schedule.T if t_start is None else t_start
     if not 0 < t_end < t_start <= schedule.T:
         raise ValueError(f"need 0 < t_end < t_start <= T={schedule.T}, got t_end={t_end}, t_start={t_start}")
@@ -54,12 +66,14 @@ def time_grid(schedule: NoiseSchedule, name: str, steps: int, t_end: float = T_E
 
 @register_grid("time_uniform")
 def _time_uniform(schedule, steps, t_start, t_end):
-    return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
+    u0, u1 = float(schedule.unwarp(t_start)), float(schedule.unwarp(t_end))
+    return schedule.warp(torch.linspace(u0, u1, steps + 1, dtype=torch.float64))
 
 
 @register_grid("time_quadratic")
 def _time_quadratic(schedule, steps, t_start, t_end):
-    return torch.linspace(t_start**0.5, t_end**0.5, steps + 1, dtype=torch.float64) ** 2
+    u0, u1 = float(schedule.unwarp(t_start)), float(schedule.unwarp(t_end))
+    return schedule.warp(torch.linspace(u0**0.5, u1**0.5, steps + 1, dtype=torch.float64) ** 2)
 
 
 @register_grid("logSNR")

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from . import grids
+from .schedules import VP_T_END
 from .noise import SampleNoise
 from .registry import Interval, UnsupportedNFE
 from .state import check_state, on_state
@@ -47,7 +48,7 @@ STREAM_VLB_RECON = 15   # the noise of z_0 in the VLB reconstruction term
 
 # Start of the likelihood ODE / VLB: the sampling end, so the likelihood is that of the distribution the samplers draw
 # from (p at T_END), inside the t range the shipped networks were trained on ([1e-3, 1]); score_sde uses 1e-5.
-T_EPS = grids.T_END
+T_EPS = VP_T_END
 ODE_RTOL = ODE_ATOL = 1e-5  # score_sde's RK45 tolerances
 EXACT_DIVERGENCE_MAX_DIM = 1024  # exact divergence costs D backward passes per evaluation; above this use Hutchinson
 LEVEL_TOLERANCE = 1e-3    # data further than this fraction of a bin from a level is not discrete

@@ -17,9 +17,9 @@ import math
 import torch
 
 from .noise import sample_labels
-from .schedules import NoiseSchedule, VPDiscrete
+from .schedules import NoiseSchedule, VPDiscrete, VPSchedule
 
-PREDICTIONS = ("eps", "x0", "v", "score")
+PREDICTIONS = ("eps", "x0", "v", "score", "edm", "velocity")
 TIME_INPUTS = ("continuous", "discrete")
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -114,8 +114,10 @@ class DiffusionModel:
         fn: the network; called with x in ``net_dtype`` of shape (B, *data_shape) and a time
             tensor of shape (B,) in the network's own convention (see ``time_input``), both on
             ``device``; it must return a floating tensor of x's shape on x's device.
-        schedule: the VP noise schedule the network was trained with.
-        prediction: what ``fn`` predicts: "eps", "x0", "v" (alpha eps - sigma x0) or "score".
+        schedule: the noise schedule the network was trained with (VP, EDM or flow matching).
+        prediction: what ``fn`` predicts: "eps", "x0", "v" (alpha eps - sigma x0), "score", "edm" (EDM's F with
+            its preconditioning: called as F(c_in x, c_noise), x0 = c_skip x + c_out F; needs an EDM schedule) or
+            "velocity" (d x_t / d t = alpha' x0 + sigma' eps: a flow-matching network's v = eps - x0).
         time_input: "continuous" passes t in [0, T]; "discrete" passes (t - 1/N) N of a
             ``VPDiscrete`` schedule (DPM-Solver's map of continuous to discrete time).
         data_shape: the shape of one sample, e.g. (2,) or (1, 8, 8).
@@ -146,6 +148,9 @@ class DiffusionModel:
             raise ValueError(f"unknown time_input {time_input!r}; allowed: {list(TIME_INPUTS)}")
         if time_input == "discrete" and not isinstance(schedule, VPDiscrete):
             raise ValueError("time_input='discrete' needs a VPDiscrete schedule")
+        if prediction == "edm" and not hasattr(schedule, "precondition"):
+            raise ValueError(f"{name}: prediction 'edm' needs a schedule with EDM's preconditioning (samplers.EDM), "
+                             f"got {schedule!r}")
         if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"{name}: autocast_dtype {autocast_dtype} is not supported; allowed: "
                              f"{[None, *AUTOCAST_DTYPES]}")
@@ -164,6 +169,7 @@ class DiffusionModel:
         self.heads = MappingProxyType(dict(heads or {}))
         self.derivative_fn = derivative_fn
         self.condition = condition
+        self._vp = isinstance(schedule, VPSchedule)  # v = alpha eps - sigma x0 inverts without a norm on VP
         self._count = [0]  # shared with the views ``head`` and ``guided`` return, so their calls count here
         self._passes = [0]  # network passes per sample, shared alike
         self._passes_per_call = 1  # 2 in a guided view whose calls batch both branches
@@ -277,6 +283,10 @@ class DiffusionModel:
             raise ValueError(f"{self.name}: x is on {x.device}, the model on {self.device}")
         t = self._time(x, t).expand(x.shape[0])
         t_in = self.schedule.to_discrete(t) if self.time_input == "discrete" else t
+        if self.prediction == "edm":
+            # EDMPrecond: the network sees c_in x and c_noise = log(sigma) / 4.
+            _, _, c_in, t_in = self.schedule.precondition(t)
+            x = x * c_in.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
         self.nfe += 1
         self._passes[0] += self._passes_per_call
         with precision(x.device, self.autocast_dtype):
@@ -316,6 +326,10 @@ class DiffusionModel:
         s = self.schedule.sigma(t).to(x.dtype)
         return (a.reshape(shape) if a.dim() else a), (s.reshape(shape) if s.dim() else s)
 
+    def _coefs_of(self, x, t, fn):
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        return tuple(c.to(x.dtype).reshape(shape) if c.dim() else c.to(x.dtype) for c in fn(self._time(x, t)))
+
     def eps(self, x: torch.Tensor, t, alpha_sigma=None) -> torch.Tensor:
         """Noise prediction eps(x_t, t); ``alpha_sigma``: (alpha_t, sigma_t) on x's device in x's dtype, if known."""
         out = self(x, t)
@@ -327,22 +341,39 @@ class DiffusionModel:
             r = torch.mul(out, a)
             return torch.sub(x, r, out=r).div_(s)
         if self.prediction == "v":
-            return s * x + a * out
-        return -s * out  # score
+            e = s * x + a * out
+            return e if self._vp else e / (a * a + s * s)
+        if self.prediction == "score":
+            return -s * out
+        x0 = self._x0_of(x, t, out)
+        return (x - a * x0) / s
 
     def x0(self, x: torch.Tensor, t, alpha_sigma=None) -> torch.Tensor:
         """Data prediction x0(x_t, t); ``alpha_sigma``: (alpha_t, sigma_t) on x's device in x's dtype, if known."""
         out = self(x, t)
         if self.prediction == "x0":
             return out
+        if self.prediction in ("edm", "velocity"):
+            return self._x0_of(x, t, out)
         a, s = self._coefs(x, t) if alpha_sigma is None else alpha_sigma
         if self.prediction == "eps":
             # (x - s out) / a in one new tensor.
             r = torch.mul(out, s)
             return torch.sub(x, r, out=r).div_(a)
         if self.prediction == "v":
-            return a * x - s * out
+            x0 = a * x - s * out
+            return x0 if self._vp else x0 / (a * a + s * s)
         return (x + s**2 * out) / a  # score
+
+    def _x0_of(self, x: torch.Tensor, t, out: torch.Tensor) -> torch.Tensor:
+        """x0 from the raw output of an "edm" (preconditioned denoiser) or "velocity" network."""
+        if self.prediction == "edm":
+            c_skip, c_out, _, _ = self._coefs_of(x, t, self.schedule.precondition)
+            return c_skip * x + c_out * out
+        # x = a x0 + s eps, v = a' x0 + s' eps: x0 = (s' x - s v) / (a s' - a' s) (flow: x0 = x - t v).
+        a, s = self._coefs(x, t)
+        da, ds = self._coefs_of(x, t, self.schedule.alpha_sigma_derivatives)
+        return (ds * x - s * out) / (a * ds - da * s)
 
     def score(self, x: torch.Tensor, t) -> torch.Tensor:
         """Score grad_x log p_t(x) = -eps / sigma."""

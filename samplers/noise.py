@@ -54,9 +54,13 @@ class SampleNoise:
 
 
 def initial_noise(seed: int, indices: Sequence[int], shape: Sequence[int], *, device=None,
-                  dtype=torch.float64) -> torch.Tensor:
-    """x_T ~ N(0, I) for the given sample indices, independent of batching; drawn on the CPU, then moved to device."""
-    return SampleNoise(seed, indices, shape, stream=STREAM_X_T, dtype=dtype, device=device).randn()
+                  dtype=torch.float64, std: float = 1.0) -> torch.Tensor:
+    """x_T ~ N(0, std^2 I) for the given sample indices, independent of batching; drawn on the CPU, then moved to device.
+
+    ``std``: the schedule's ``prior_std`` (VP 1, EDM sigma_max); scaled in float64 before the move.
+    """
+    z = SampleNoise(seed, indices, shape, stream=STREAM_X_T, dtype=torch.float64).randn()
+    return to_device(z if std == 1.0 else z * std, torch.device(device or "cpu"), dtype)
 
 
 def sample_labels(seed: int, indices: Sequence[int], num_classes: int) -> torch.Tensor:

@@ -59,9 +59,9 @@ class Interval:
         return f"{left}{'-inf' if self.lo is None else self.lo}, {'inf' if self.hi is None else self.hi}{right}"
 
 
-# t_end is checked at build time against the largest schedule end T_MAX (the model's T is not known then);
-# the time grid checks it again against the model's schedule (VPCosine ends at T = 0.9946).
-T_END_RANGE = Interval(0.0, grids.T_MAX, "neither")
+# t_end is a positive number or None (the model's own end) when a sampler is built (the model's T is not known
+# then: VP 1, EDM sigma_max); ``Sampler.check_model`` checks it against the model's schedule before a cell runs.
+T_END_RANGE = Interval(0.0, None, "neither")
 
 
 class Unsupported(ValueError):
@@ -177,6 +177,9 @@ def _validate(spec: SamplerSpec, options: Mapping[str, Any]) -> dict:
     for key, value in options.items():
         if key not in spec.defaults:
             raise ValueError(f"sampler {spec.name!r} has no option {key!r}; allowed: {sorted(spec.defaults)}")
+        if value is None and spec.defaults[key] is None:
+            out[key] = None  # an optional number left to the model (t_end: the schedule's own end)
+            continue
         value = _coerce(spec.name, key, value, spec.defaults[key])
         if key in spec.choices:
             if value not in spec.choices[key]:
@@ -197,8 +200,13 @@ def _is_number(v) -> bool:
 def _coerce(sampler: str, key: str, value, default):
     """Check ``value`` against the type of the option's default (ints are accepted for floats)."""
     is_num = _is_number(value)
-    if default is None:
-        return value
+    if default is None:  # an optional number (None: the model decides)
+        if not is_num:
+            raise ValueError(f"sampler {sampler!r}: option {key}={value!r} must be a number or None")
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
@@ -251,7 +259,13 @@ class Sampler:
         self.spec.check_nfe(int(nfe), **self.options)
 
     def check_model(self, model, nfe: int | None) -> None:
-        """Raise ``Unsupported`` if ``model`` lacks a network this sampler needs at ``nfe`` (see ``register``)."""
+        """Raise ``Unsupported`` if ``model`` lacks a network this sampler needs at ``nfe`` (see ``register``), or if
+        the ``t_end`` option lies outside the model's time range."""
+        if "t_end" in self.options:
+            try:
+                grids.end_time(model.schedule, self.options["t_end"])
+            except ValueError as e:
+                raise Unsupported(f"{self.name}: {e}") from None
         if self.spec.requires is not None:
             self.spec.requires(model, nfe, **self.options)
 

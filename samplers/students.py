@@ -10,11 +10,12 @@ from __future__ import annotations
 import torch
 
 from .ddim import ddim
-from .grids import T_END, time_grid
+from .grids import time_grid
+from .schedules import VP_T_END
 from .registry import Unsupported, UnsupportedNFE, register
 from .state import grid_tables, on_state
 
-STUDENT_T_END = T_END  # where every student's samples end (the teacher's ODE solution is compared there)
+STUDENT_T_END = VP_T_END  # where every student's samples end (the teacher's ODE solution is compared there)
 SIGMA_DATA = 0.5  # the consistency models' sigma_data (Song et al. 2023, as in EDM)
 KD_HEAD, CD_HEAD, PD_PREFIX = "kd", "cd", "pd:"
 

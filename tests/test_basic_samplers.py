@@ -10,7 +10,7 @@ STEPS = [16, 32, 64, 128, 256]
 
 
 def _slope(ck, sampler, nfes, x):
-    ref = ck.reference_solution(x, samplers.T_END)
+    ref = ck.reference_solution(x, samplers.VP_T_END)
     errs = [float((sampler.sample(ck.model, x, n) - ref).norm(dim=1).median()) for n in nfes]
     return np.polyfit(np.log(nfes), np.log(errs), 1)[0]
 

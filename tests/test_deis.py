@@ -79,7 +79,7 @@ def _slope(ck, x_T, ref, **options):
 def test_convergence_order(name):
     ck = pretrained.load(name)
     x_T = samplers.initial_noise(1, range(64), ck.data_shape)
-    ref = ck.reference_solution(x_T, samplers.T_END)
+    ref = ck.reference_solution(x_T, samplers.VP_T_END)
     for (method, order), expected in EXPECTED_SLOPE.items():
         slope, errs = _slope(ck, x_T, ref, method=method, order=order)
         assert abs(slope - expected) <= 0.3, (method, order, slope, errs)

@@ -79,14 +79,14 @@ def test_reference_solution_agrees_with_adaptive_solver(ck):
 
     Against dopri8 at 1e-8 (16 samples) these are 9e-4 and 2.7e-3 off (max abs); DDIM at 50 NFE is 0.14 off."""
     x_T = samplers.initial_noise(5, range(2), DATA_SHAPE)
-    ref = ck.reference_solution(x_T, samplers.T_END)
+    ref = ck.reference_solution(x_T, samplers.VP_T_END)
     model, sch = as_model(ck.extras["net"]), ck.model.schedule
 
     def velocity(t, x):  # dx/dt = f x - g^2 score / 2 = f x + g^2 eps / (2 sigma)
         f, g2 = sch.drift_diffusion(t)
         return f * x + 0.5 * g2 / sch.sigma(t) * model.eps(x, t)
 
-    ts = torch.tensor([1.0, samplers.T_END], dtype=torch.float64)
+    ts = torch.tensor([1.0, samplers.VP_T_END], dtype=torch.float64)
     adaptive = odeint(velocity, x_T, ts, method="dopri5", rtol=1e-6, atol=1e-6, options={"step_t": ts[1:]})[-1]
     assert (ref - adaptive).abs().max() < 1e-2
     assert (samplers.get("ddim").sample(model, x_T, 10) - adaptive).abs().max() > 5e-2  # a coarse solve fails

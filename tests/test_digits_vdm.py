@@ -132,14 +132,14 @@ def test_reference_solution_agrees_with_adaptive_solver_in_t(ck):
     from torchdiffeq import odeint
 
     x_T = samplers.initial_noise(5, range(2), vdm.DATA_SHAPE)
-    ref = ck.reference_solution(x_T, samplers.T_END)
+    ref = ck.reference_solution(x_T, samplers.VP_T_END)
     model, sch = vdm.as_model(ck.extras["net"], ck.model.schedule, "check"), ck.model.schedule
 
     def velocity(t, x):
         f, g2 = sch.drift_diffusion(t)
         return f * x + 0.5 * g2 / sch.sigma(t) * model.eps(x, t)
 
-    ts = torch.tensor([1.0, samplers.T_END], dtype=torch.float64)
+    ts = torch.tensor([1.0, samplers.VP_T_END], dtype=torch.float64)
     adaptive = odeint(velocity, x_T, ts, method="dopri5", rtol=1e-6, atol=1e-6)[-1]
     assert (ref - adaptive).abs().max() < 1e-3
     assert (samplers.get("ddim").sample(model, x_T, 10) - adaptive).abs().max() > 5e-2  # a coarse solve fails

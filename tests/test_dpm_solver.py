@@ -123,7 +123,7 @@ CONV_CASES = [("dpm_solver", "singlestep_fixed", 1, 1), ("dpm_solver", "singlest
 def oracle(request):
     ck = pretrained.load(request.param)
     x_T = samplers.initial_noise(1, range(64), ck.data_shape)
-    return ck, x_T, ck.reference_solution(x_T, samplers.T_END)
+    return ck, x_T, ck.reference_solution(x_T, samplers.VP_T_END)
 
 
 @pytest.mark.parametrize("base,method,order,expected", CONV_CASES, ids=lambda v: str(v))

@@ -26,7 +26,7 @@ FD_REL = 1e-3              # central difference step relative to gamma
 
 def _reference(ck, n):
     x_T = samplers.initial_noise(0, range(n), ck.data_shape)
-    return x_T, ck.reference_solution(x_T, samplers.T_END)
+    return x_T, ck.reference_solution(x_T, samplers.VP_T_END)
 
 
 def _errors(ck, x_T, ref, name, nfes, **options):

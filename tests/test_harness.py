@@ -233,7 +233,7 @@ def test_solver_error_on_a_reference_subset(tmp_path):
     row = run_cell(ck, cell, ReferenceCache(None), RunOptions(batch_size=12), store=ResultsStore(tmp_path))
     assert row["status"] == "ok" and row["reference_n"] == 5
     out = samplers.get("ddim").sample(ck.model, x_T, 6)
-    err = (out[:5] - ck.reference_solution(x_T[:5], samplers.T_END)).norm(dim=1)
+    err = (out[:5] - ck.reference_solution(x_T[:5], samplers.VP_T_END)).norm(dim=1)
     assert row["solver_error_mean"] == pytest.approx(float(err.mean()), rel=1e-9)
     assert ResultsStore(tmp_path).load_samples(cell.cell_id).shape == (12, 2)
 

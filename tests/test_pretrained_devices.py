@@ -57,7 +57,7 @@ def test_mixture_oracle_and_metrics_sides(name):
     x = torch.zeros(4, *cpu.data_shape, dtype=torch.float64, device="meta")
     assert meta.log_prob(x).device == torch.device("meta")
     with pytest.raises(ValueError, match="oracle needs values"):
-        meta.reference_solution(x, samplers.T_END)
+        meta.reference_solution(x, samplers.VP_T_END)
     # real data and exact moments stay on the CPU, the same numbers on every device
     torch.testing.assert_close(meta.real_data(5, 3), cpu.real_data(5, 3), rtol=0, atol=0)
     assert all(m.device == torch.device("cpu") for m in meta.moments)
@@ -67,7 +67,7 @@ def test_mixture_oracle_and_metrics_sides(name):
     with pytest.raises(ValueError, match="x is on meta, the mixture on cpu"):
         cpu.log_prob(x)
     with pytest.raises(ValueError, match="x_T is on meta, the mixture on cpu"):
-        cpu.reference_solution(x, samplers.T_END)
+        cpu.reference_solution(x, samplers.VP_T_END)
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu", "mps", "xla", "", 0, None])
@@ -112,9 +112,9 @@ def test_cuda_checkpoint_matches_cpu(name):
     tol = 1e-10 if cpu.reference_exact else 2e-4
     t = torch.linspace(0.05, 0.95, 8, dtype=torch.float64)
     torch.testing.assert_close(gpu.model.eps(x_T.cuda(), t.cuda()).cpu(), cpu.model.eps(x_T, t), rtol=0, atol=tol)
-    ref_gpu = gpu.reference_solution(x_T[:4].cuda(), samplers.T_END)
+    ref_gpu = gpu.reference_solution(x_T[:4].cuda(), samplers.VP_T_END)
     assert ref_gpu.device.type == "cuda"
-    torch.testing.assert_close(ref_gpu.cpu(), cpu.reference_solution(x_T[:4], samplers.T_END), rtol=0,
+    torch.testing.assert_close(ref_gpu.cpu(), cpu.reference_solution(x_T[:4], samplers.VP_T_END), rtol=0,
                                atol=1e-8 if cpu.reference_exact else 5e-3)
     out = samplers.get("ddim").sample(gpu.model, x_T.cuda(), 10)
     torch.testing.assert_close(out.cpu(), samplers.get("ddim").sample(cpu.model, x_T, 10), rtol=0,

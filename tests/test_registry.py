@@ -3,7 +3,8 @@ import torch
 
 import samplers
 from samplers import UnsupportedNFE
-from samplers.grids import T_END, get_grid, time_grid
+from samplers.grids import get_grid, time_grid
+from samplers.schedules import VP_T_END as T_END
 from samplers.registry import MAX_NFE, Interval, register, validate_nfe
 
 
@@ -106,8 +107,9 @@ def test_out_of_range_values_raise_when_built_naming_option_value_and_range(name
 @pytest.mark.parametrize("name,options,message", [
     ("ddim", {"eta": -1}, "sampler 'ddim': eta=-1.0 is out of range; allowed: [0.0, 1.0]"),
     ("ddim", {"eta": 1.5}, "eta=1.5 is out of range; allowed: [0.0, 1.0]"),
-    ("ddim", {"t_end": 1.5}, "t_end=1.5 is out of range; allowed: (0.0, 1.0)"),
-    ("heun", {"t_end": 0}, "t_end=0.0 is out of range; allowed: (0.0, 1.0)"),
+    ("ddim", {"t_end": -1.5}, "t_end=-1.5 is out of range; allowed: (0.0, inf)"),
+    ("ddim", {"t_end": "a"}, "t_end='a' must be a number or None"),
+    ("heun", {"t_end": 0}, "t_end=0.0 is out of range; allowed: (0.0, inf)"),
     ("dpm_solver++", {"threshold_ratio": 0}, "threshold_ratio=0.0 is out of range; allowed: (0.0, 1.0]"),
     ("dpm_solver++_2m", {"threshold_max": -1.0}, "threshold_max=-1.0 is out of range; allowed: (0.0, inf)"),
     ("dpm_solver_adaptive", {"atol": 0}, "atol=0.0 is out of range; allowed: (0.0, inf)"),

@@ -66,7 +66,7 @@ def _slope(steps, errs):
 def test_convergence_order(name):
     ck = pretrained.load(name)
     x_T = samplers.initial_noise(1, range(64), ck.data_shape)
-    ref = ck.reference_solution(x_T, samplers.T_END)
+    ref = ck.reference_solution(x_T, samplers.VP_T_END)
     for (variant, order, corrector), expected in EXPECTED_SLOPE.items():
         errs = _errors(ck, x_T, ref, STEPS, variant=variant, order=order, corrector=corrector,
                        lower_order_final=False)
@@ -84,7 +84,7 @@ def test_lower_order_final_costs_order_at_many_steps(name):
     """The reference always ends with a first-order step without corrector (local O(h^2)): order 2 eventually."""
     ck = pretrained.load(name)
     x_T = samplers.initial_noise(1, range(64), ck.data_shape)
-    ref = ck.reference_solution(x_T, samplers.T_END)
+    ref = ck.reference_solution(x_T, samplers.VP_T_END)
     steps = (128, 256)
     lof = _errors(ck, x_T, ref, steps, order=3)
     assert _slope(steps, lof) < 2.6, lof
