@@ -30,8 +30,8 @@ def _check_edm(nfe, *, denoise_to_zero, **_):
 def _edm_tables(sch, steps, S_churn, S_tmin, S_tmax, S_noise, denoise_to_zero, grid, t_end, dtype):
     ts, a, s, rho = points(sch, time_grid(sch, grid, steps, t_end), dtype)
     n = steps + int(denoise_to_zero)  # EDM's num_steps: every step to the next point, the one to sigma = 0 included
-    gamma = torch.where((rho >= S_tmin) & (rho <= S_tmax), torch.tensor(min(S_churn / n, MAX_GAMMA)),
-                        torch.tensor(0.0)).to(torch.float64)
+    gamma = torch.where((rho >= S_tmin) & (rho <= S_tmax), torch.full_like(rho, min(S_churn / n, MAX_GAMMA)),
+                        torch.zeros_like(rho))
     rho_hat = rho * (1.0 + gamma)
     if float(rho_hat.max()) > float(rho[0]):
         raise Unsupported(f"edm_stochastic: churn at rho = {float(rho[0]):.4g} (S_tmax={S_tmax} >= rho(T)) would "

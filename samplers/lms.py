@@ -63,7 +63,7 @@ def _lms_tables(sch, nfe, order, to_zero, grid, t_end, dtype):
     w = torch.zeros(nfe, order, dtype=torch.float64)
     for i, k in enumerate(orders):
         w[i, :k] = torch.tensor(adams_weights(r[i::-1][:k], r[i], r[i + 1]), dtype=torch.float64)
-    return orders, ts, a, s, w, torch.tensor(1.0)
+    return orders, ts, a, s, w, torch.ones((), dtype=torch.float64)
 
 
 def _check_lms(nfe, *, to_zero, **_):
