@@ -22,7 +22,7 @@ def init_from_env(device: torch.device) -> None:
     The environment is checked first (``bench.preflight.check_environment``); peers that do not all arrive within
     RENDEZVOUS_TIMEOUT_S end the run with one line (a ValueError), instead of waiting forever.
     """
-    from .preflight import check_environment, one_line
+    from .preflight import captured_native_stderr, check_environment, one_line
 
     world = check_environment()
     if world == 1 or dist.is_initialized():
@@ -30,8 +30,9 @@ def init_from_env(device: torch.device) -> None:
     rank = int(os.environ["RANK"])
     where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
-        store, rank, world = next(dist.rendezvous("env://", rank, world,
-                                                  timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S)))
+        with captured_native_stderr():  # c10d logs each failed connection with its C++ stack
+            store, rank, world = next(dist.rendezvous("env://", rank, world,
+                                                      timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S)))
     except Exception as exc:  # noqa: BLE001 -- torch raises several types (DistNetworkError, RuntimeError, ...)
         raise ValueError(f"rank {rank} of {world}: the other processes did not meet at {where} within "
                          f"{RENDEZVOUS_TIMEOUT_S:g} s ({one_line(exc, 160)}); start all of them with torchrun") from None

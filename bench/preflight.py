@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ MAX_SAMPLES = 10_000_000      # --n-samples: 50,000-sample FID cells fit 200 tim
 MAX_NLL_SAMPLES = 100_000     # --nll-samples
 MAX_BATCH = 100_000           # --batch-size
 MAX_SEEDS = 10_000            # distinct --seeds (cells multiply by it)
-MAX_OPTION_INT = 10_000       # an integer option of a sampler or estimator (n_probes, n_dequant, num_train_timesteps)
+MAX_OPTION_INT = 10_000       # an integer option of a sampler or estimator (n_probes, n_dequant, diffusers steps_offset)
 MAX_THREADS = 4096            # --threads
 ALLOW_LARGE = "--allow-large"
 MESSAGE_MAX_CHARS = 600       # a third-party message folded into our one line is cut here
@@ -119,6 +120,25 @@ def captured_third_party(verbose: bool = False):
             lg.setLevel(level)
         if dlog is not None:
             dlog.set_verbosity(dlevel)
+
+
+@contextlib.contextmanager
+def captured_native_stderr():
+    """Hold back what native code (torch's c10d logging, with its C++ stack frames) writes to file descriptor 2."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 # -- folders -----------------------------------------------------------------------------------------------------

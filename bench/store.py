@@ -93,9 +93,8 @@ class ResultsStore:
     def _check_entry_types(self) -> dict[Path, str]:
         if self.dir.exists() and not self.dir.is_dir():
             raise ValueError(f"results folder {self.dir} is a file; give a folder (it is created if missing)")
-        kinds = {LOCK_FILE: "file", CELLS_DIR: "folder", CACHE_DIR: "folder", SAMPLES_DIR: "folder"}
-        if self.path.exists() and not self.path.is_file():
-            kinds[RESULTS_FILE] = "folder"
+        kinds = {LOCK_FILE: "file", CELLS_DIR: "folder", CACHE_DIR: "folder", SAMPLES_DIR: "folder",
+                 RESULTS_FILE: "file" if self.path.is_file() else "folder"}  # a file: a store from before 0.2
         entries = {}
         for name, kind in kinds.items():
             path = self.dir / name
