@@ -2,14 +2,16 @@
 
 "digits-lw" is the same UNet trained with likelihood weighting (recipes/train_lw.py), behind the same metrics;
 "digits-cond" the UNet with a class embedding for classifier-free guidance (recipes/train_cond.py), whose FID
-reference is class-balanced and whose classifier scores guided samples against their labels."""
+reference is class-balanced and whose classifier scores guided samples against their labels. "digits-edm" and
+"digits-flow" are the same UNet trained on the same split in the other families (recipes/train_families.py): EDM's
+preconditioned denoiser and a flow-matching velocity network."""
 from __future__ import annotations
 
 import torch
 
 import samplers
 from samplers.model import ClassLabels, DiffusionModel
-from samplers.schedules import VPLinear
+from samplers.schedules import EDM, FlowMatching, NoiseSchedule, VPLinear
 
 from .data import digits_split, split_sha256
 from .nets import DigitsClassifier, UNet
@@ -33,10 +35,19 @@ def _device_of(net: torch.nn.Module) -> torch.device:
     return next(net.parameters()).device
 
 
-def as_model(net: UNet, name: str = "digits") -> DiffusionModel:
+# The families' digits checkpoints: name -> (weights folder, schedule factory, what the UNet predicts).
+EDM_FOLDER = WEIGHTS_ROOT / "digits-edm"
+FLOW_FOLDER = WEIGHTS_ROOT / "digits-flow"
+FAMILIES = {"digits": (UNET_FOLDER, VPLinear, "eps"), "digits-edm": (EDM_FOLDER, EDM, "edm"),
+            "digits-flow": (FLOW_FOLDER, FlowMatching, "velocity")}
+
+
+def as_model(net: UNet, name: str = "digits", schedule: NoiseSchedule | None = None,
+             prediction: str = "eps") -> DiffusionModel:
     """The model boundary around ``net`` (eval mode, called without autograd) on the net's device.
 
     A net with classes gives a conditional model (``ClassLabels``): ``fn(x, t)`` is its null-label output.
+    ``schedule`` (default VPLinear()) and ``prediction`` say the family the net was trained in.
     """
     net.eval()
 
@@ -44,9 +55,15 @@ def as_model(net: UNet, name: str = "digits") -> DiffusionModel:
         with torch.no_grad():  # not inference_mode: torch.compile (--compile) cannot trace through it
             return net(x, t) if y is None else net(x, t, y)
 
-    return DiffusionModel(fn, VPLinear(), "eps", data_shape=DATA_SHAPE, net_dtype=torch.float32, name=name,
-                          device=_device_of(net),
+    return DiffusionModel(fn, VPLinear() if schedule is None else schedule, prediction, data_shape=DATA_SHAPE,
+                          net_dtype=torch.float32, name=name, device=_device_of(net),
                           condition=ClassLabels(net.num_classes) if net.num_classes else None)
+
+
+def family_model(name: str):
+    """net -> the model boundary of the digits checkpoint ``name`` ("digits", "digits-edm", "digits-flow")."""
+    _, schedule, prediction = FAMILIES[name]
+    return lambda net, label=name: as_model(net, label, schedule(), prediction)
 
 
 def load_unet(folder=UNET_FOLDER, *, name: str = "digits", expected_sha256: str | None = None,
@@ -86,14 +103,14 @@ def balanced_real_data(n: int, seed: int = 0) -> torch.Tensor:
     return x[idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n]]]
 
 
-def ode_solution(net: UNet, x_T: torch.Tensor, t_end: float) -> torch.Tensor:
+def ode_solution(net: UNet, x_T: torch.Tensor, t_end: float, family: str = "digits") -> torch.Tensor:
     """The PF-ODE solved from x_T by Heun (Karras et al. 2022, Alg. 1) with ORACLE_STEPS steps on the Karras grid.
 
     Fixed steps keep each sample independent of its batch (an adaptive solver's steps are not);
     500 steps are within 9e-4 max abs (7e-5 rms) of dopri8 at tolerance 1e-8 on this model (DDIM 50 NFE: 0.14).
     Runs on the net's device; x_T must be there.
     """
-    model = as_model(net, "digits-oracle")  # its own NFE counter: the benchmarked model's stays untouched
+    model = family_model(family)(net, f"{family}-oracle")  # its own NFE counter: the benchmarked model's stays untouched
     return samplers.get("heun", grid="karras", t_end=t_end).sample(model, x_T, 2 * ORACLE_STEPS)
 
 
@@ -142,19 +159,35 @@ def holdout_data(n: int) -> torch.Tensor:
     return x[:n]
 
 
-def grad_model(net: UNet, name: str) -> DiffusionModel:
-    """The boundary around ``net`` with autograd: differentiable in x, for the ODE likelihood."""
-    return as_model(net, name).replace(fn=lambda x, t: net(x, t))
+def grad_model(model: DiffusionModel, net: UNet) -> DiffusionModel:
+    """``model``'s boundary around ``net`` with autograd: differentiable in x, for the ODE likelihood."""
+    return model.replace(fn=lambda x, t: net(x, t))
 
 
-def _unet_checkpoint(device: torch.device, name: str, folder, description: str) -> Checkpoint:
+def _unet_checkpoint(device: torch.device, name: str, folder, description: str, family: str = "digits") -> Checkpoint:
     """A digits UNet checkpoint: the same reference solution, real data and FID extras for every weights folder."""
     net, manifest = load_unet(folder, name=name)
     net = net.to(device)
-    return Checkpoint(name=name, model=as_model(net, name), description=description,
-                      likelihood_data=holdout_data, data_levels=DATA_LEVELS, grad_model=grad_model(net, name),
-                      reference_solution=lambda x_T, t_end: ode_solution(net, x_T, t_end),
+    model = family_model(family)(net, name)
+    return Checkpoint(name=name, model=model, description=description,
+                      likelihood_data=holdout_data, data_levels=DATA_LEVELS, grad_model=grad_model(model, net),
+                      reference_solution=lambda x_T, t_end: ode_solution(net, x_T, t_end, family),
                       real_data=real_data, reference_exact=False, reference_samples=REFERENCE_SAMPLES,
                       fingerprint=manifest["weights_sha256"],
                       extras={"fid": FID_EXTRACTOR, "fid_reference": (f"digits-reference-{split_sha256()[:16]}", 300),
                               "net": net, "manifest": manifest}, device=device)
+
+
+def _register_family(name: str, description: str) -> None:
+    folder, schedule, prediction = FAMILIES[name]
+
+    @register_checkpoint(name, data_shape=DATA_SHAPE, schedule=schedule.name, prediction=prediction,
+                         description=description, default_n_samples=DEFAULT_N_SAMPLES,
+                         check=lambda: check_weights(folder, name))
+    def _load(device: torch.device) -> Checkpoint:
+        return _unet_checkpoint(device, name, folder, description, family=name)
+
+
+_register_family("digits-edm", "the digits UNet as EDM's preconditioned denoiser (sigma 0.002..80, log-normal "
+                               "sigma, EDM loss weighting)")
+_register_family("digits-flow", "the digits UNet as a flow-matching velocity network (conditional OT path)")

@@ -22,7 +22,8 @@ from unittest import mock
 
 import torch
 
-from .registry import Interval, UnsupportedNFE, register, register_lazy
+from .registry import Interval, Unsupported, UnsupportedNFE, register, register_lazy
+from .schedules import VPSchedule
 from .schedules import VPDiscrete
 
 N_TRAIN = 1000
@@ -246,6 +247,13 @@ def _limits(cls_name: str, defaults: dict) -> tuple[dict, dict]:
     return choices, {k: bounds.get(k, Interval()) for k in numbers if k not in choices}
 
 
+def _requires_vp(model, nfe, **_) -> None:
+    """The adapter hands diffusers a DDPM view (betas) of the schedule: VP only."""
+    if not isinstance(model.schedule, VPSchedule):
+        raise Unsupported(f"the diffusers adapter views a schedule as DDPM betas (variance preserving); "
+                          f"{model.name!r} has the {model.schedule.family} schedule {model.schedule!r}")
+
+
 def _loader(cls_name: str):
     def load():
         stochastic = _stochastic(cls_name)
@@ -257,7 +265,7 @@ def _loader(cls_name: str):
         choices, bounds = _limits(cls_name, defaults)
         register(f"diffusers:{cls_name}", defaults=defaults, choices=choices, bounds=bounds,
                  validate=_validator(cls_name), check_nfe=_check(cls_name), stochastic=stochastic,
-                 in_default_sweep=False,
+                 in_default_sweep=False, requires=_requires_vp,
                  description=f"diffusers {cls_name} over a 1000-step discrete view of the model's schedule")(fn)
     return load
 

@@ -60,6 +60,10 @@ def _check_nfe(nfe: int, *, afs, denoise, **_) -> None:
 
 
 def _requires(model, nfe, **_) -> None:
+    if getattr(model.schedule, "family", "vp") != "vp":
+        # ode_tangent's alpha = (1 + gamma^2)^(-1/2) and the head's d eps / d gamma are defined on VP schedules.
+        raise Unsupported(f"genie is written for variance-preserving schedules; {model.name!r} is "
+                          f"{model.schedule.family}")
     if not model.has_head(HEAD) or model.heads[HEAD].derivative_fn is None:
         raise Unsupported(f"genie needs a derivative head (checkpoint {model.name!r} has heads "
                           f"{model.head_names()}); train one with python -m pretrained.train genie")

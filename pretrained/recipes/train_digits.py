@@ -40,8 +40,9 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
 
 
-def quick_fid(net: UNet, feat_net, ref_stats, x_T: torch.Tensor, nfe: int) -> float:
-    x0 = samplers.get("ddim").sample(as_model(net), x_T, nfe).float()
+def quick_fid(net: UNet, feat_net, ref_stats, x_T: torch.Tensor, nfe: int, model_fn: Callable = as_model,
+              sampler: str = "ddim") -> float:
+    x0 = samplers.get(sampler).sample(model_fn(net), x_T, nfe).float()
     with torch.no_grad():
         f = feat_net.features(quantize(x0)).double()
     out = fid_statistics_to_metric(fid_features_to_statistics(f), ref_stats, verbose=False)
@@ -94,7 +95,7 @@ def main(argv=None):
 def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: dict | None = None,
           evaluate: Callable[[UNet], dict] | None = None, select: str = "fid", eval_at_start: bool = False,
           manifest: dict | None = None, training: dict | None = None, net_factory: Callable[[], UNet] = UNet,
-          labelled: bool = False) -> dict:
+          labelled: bool = False, schedule=None, model_fn: Callable = as_model, eval_sampler: str = "ddim") -> dict:
     """Train a UNet with Adam (warm-up, clip), EMA weights, a quick FID every ``eval_every`` steps; ship the best.
 
     Args:
@@ -111,6 +112,9 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
             key of ``evaluate``'s result.
         eval_at_start: also evaluate the initial EMA (a step-0 row; never selected).
         manifest, training: entries added to (or replacing) the manifest's top level and its "training" entry.
+        schedule: the noise schedule ``loss`` trains on (default VPLinear()); ``model_fn`` (net -> DiffusionModel)
+            puts the net behind its model boundary and ``eval_sampler`` samples the quick FID (another family: another
+            prediction, and a sampler that suits it).
     Returns the written manifest.
     """
     torch.set_num_threads(1)
@@ -118,16 +122,17 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
     work.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=work / "train.log", level=logging.INFO, format="%(asctime)s %(message)s")
 
-    sch = VPLinear()
+    sch = VPLinear() if schedule is None else schedule
     x_data, y_data = digits_split("train")
     feat_net, feat_manifest = (load_feature_net() if a.feature_net is None
                                else load_feature_net(a.feature_net, trust_manifest=True))
     with torch.no_grad():
         ref_stats = fid_features_to_statistics(feat_net.features(digits_split("reference")[0]).double())
-    x_T = samplers.initial_noise(EVAL_SEED, range(a.eval_samples), DATA_SHAPE)
+    x_T = samplers.initial_noise(EVAL_SEED, range(a.eval_samples), DATA_SHAPE, std=sch.prior_std)
 
     def evaluation(net: UNet) -> dict:
-        return {"fid": quick_fid(net, feat_net, ref_stats, x_T, a.eval_nfe), **(evaluate(net) if evaluate else {})}
+        return {"fid": quick_fid(net, feat_net, ref_stats, x_T, a.eval_nfe, model_fn, eval_sampler),
+                **(evaluate(net) if evaluate else {})}
 
     torch.manual_seed(a.seed)
     net, ema = net_factory(), net_factory()
@@ -212,7 +217,7 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
                      "seed": a.seed, "threads": 1, "final_loss": best_row[1],
                      "seconds": state["curve"][-1][3], "recipe": f"python -m pretrained.train {name}",
                      **(training or {})},
-        "fid_curve": {"protocol": f"EMA weights, DDIM {a.eval_nfe} steps, {a.eval_samples} samples (seed {EVAL_SEED}), "
+        "fid_curve": {"protocol": f"EMA weights, {eval_sampler} {a.eval_nfe} NFE, {a.eval_samples} samples (seed {EVAL_SEED}), "
                                   "classifier features vs the 300 'reference' images",
                       "best_fid": best_row[2], "best_step": best,
                       "curve": [[c[0], round(c[2], 3)] for c in state["curve"]]},
