@@ -31,6 +31,7 @@ for _module in (
     "edm",
     "lms",
     "ipndm",
+    "rk",
 ):
     _importlib.import_module(f".{_module}", __name__)
 
