@@ -45,7 +45,8 @@ def one_line(text, limit: int = MESSAGE_MAX_CHARS) -> str:
 def check_size(flag: str, value: int, cap: int, allow_large: bool) -> None:
     """ValueError if ``value`` exceeds ``cap`` and the user did not pass --allow-large."""
     if value > cap and not allow_large:
-        raise ValueError(f"{flag} {value} exceeds the cap of {cap:,}; pass {ALLOW_LARGE} to run it")
+        sep = "" if flag.endswith("=") else " "
+        raise ValueError(f"{flag}{sep}{value} exceeds the cap of {cap:,}; pass {ALLOW_LARGE} to run it")
 
 
 # -- the distributed environment --------------------------------------------------------------------------------
@@ -283,8 +284,12 @@ def _smoke(ck, device) -> None:
     x = initial_noise(0, [0], ck.data_shape, device=device)
     t = torch.tensor(model.schedule.T / 2, dtype=torch.float64, device=device)
     view = model if model.condition is None else model.guided(model.condition.draw(0, [0]), 1.0)
-    with torch.no_grad():
-        view.eps(x, t)
+    try:
+        with torch.no_grad():
+            view.eps(x, t)
+    except Exception as exc:  # noqa: BLE001 -- the network itself is the user's input
+        raise ValueError(f"checkpoint {ck.name!r}: its network fails on one sample of its data shape "
+                         f"{tuple(ck.data_shape)} ({one_line(exc, 300)})") from None
 
 
 class _Reached(Exception):

@@ -150,12 +150,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,argv,words", CASES, ids=[c[0] for c in CASES])
-def test_user_error_is_one_line_exit_2_and_writes_nothing(name, argv, words, tmp_path, capsys):
-    if name == "unknown device" and torch.cuda.is_available():
-        pytest.skip("checked on CPU machines")
-    args = argv(tmp_path)
-    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+def assert_one_line_exit_2(args, words, capsys) -> None:
+    """``main(args)`` exits 2 with one line on stderr, "error: ..." containing every one of ``words``."""
     try:
         rc = main(args)
     except SystemExit as exc:  # argparse's own errors
@@ -165,12 +161,23 @@ def test_user_error_is_one_line_exit_2_and_writes_nothing(name, argv, words, tmp
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     for word in words:
         assert word in err, f"{word!r} not in {err!r}"
+
+
+@pytest.mark.parametrize("name,argv,words", CASES, ids=[c[0] for c in CASES])
+def test_user_error_is_one_line_exit_2_and_writes_nothing(name, argv, words, tmp_path, capsys):
+    if name == "unknown device" and torch.cuda.is_available():
+        pytest.skip("checked on CPU machines")
+    args = argv(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert_one_line_exit_2(args, words, capsys)
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     assert after == before, "an error must write nothing"
 
 
 def test_readme_error_table_lists_every_class():
-    table = re.search(r"### Errors(.*?)\n## ", README, re.S).group(1)
+    table = re.search(r"### Errors\n(.*?)\n#", README, re.S).group(1)  # up to the next heading
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    assert sorted(rows[1:]) == sorted(c[0] for c in CASES)
+    from test_hostile_inputs import CASES as HOSTILE  # one row per class of issue 18
+
+    assert sorted(rows[1:]) == sorted([c[0] for c in CASES] + list(dict.fromkeys(c[0] for c in HOSTILE)))
     assert len(CASES) >= 40
