@@ -42,6 +42,9 @@ class LikelihoodMethod:
     def check_nfe(self, nfe) -> None:
         self.estimator.check_nfe(nfe)
 
+    def check_model(self, model, nfe=None) -> None:
+        self.estimator.check_model(model)  # Unsupported for a schedule family the estimator is not written for
+
     def config_json(self) -> str:
         return self.estimator.config_json()
 

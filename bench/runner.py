@@ -229,8 +229,7 @@ def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: Resu
            "device": describe_device(opts.device)}
     try:
         cell.sampler.check_nfe(cell.nfe)
-        if not isinstance(cell.sampler, LikelihoodMethod):
-            cell.sampler.check_model(ck.model, cell.nfe)  # a student or head this checkpoint lacks
+        cell.sampler.check_model(ck.model, cell.nfe)  # a student or head this checkpoint lacks; an estimator's family
         if cell.guidance is not None and ck.model.condition is None:
             ck.model.guided([], cell.guidance)  # raises Unsupported: the checkpoint is unconditional
     except Unsupported as exc:

@@ -35,7 +35,7 @@ import torch
 from . import grids
 from .schedules import VP_T_END
 from .noise import SampleNoise
-from .registry import Interval, UnsupportedNFE
+from .registry import Interval, Unsupported, UnsupportedNFE
 from .state import check_state, on_state
 
 # Per-index noise streams; samplers.noise uses 0 (x_T) and 1 (sampler noise).
@@ -400,6 +400,7 @@ class EstimatorSpec:
     validate: Callable[..., None] | None
     adaptive: bool
     description: str
+    families: tuple = ("vp",)
 
 
 _ESTIMATORS: dict[str, EstimatorSpec] = {}
@@ -407,11 +408,13 @@ _ESTIMATORS: dict[str, EstimatorSpec] = {}
 
 def register_estimator(name: str, fn: Callable, *, defaults: Mapping[str, Any], choices: Mapping[str, tuple] | None = None,
                        bounds: Mapping[str, Interval] | None = None, check_nfe: Callable[..., None] = _any_nfe,
-                       validate: Callable[..., None] | None = None, adaptive: bool = False, description: str = ""):
+                       validate: Callable[..., None] | None = None, adaptive: bool = False, description: str = "",
+                       families: Sequence[str] = ("vp",)):
     """Register ``fn(model, x, nfe, *, seed, indices, levels, data_range, **options) -> dict`` under ``name``.
 
     Every option has a default; options with ``choices`` take one of them, numeric options need an ``Interval``;
     ``validate(**options)`` checks them together. An ``adaptive`` estimator is called with ``nfe=None``.
+    ``families``: the schedule families (``NoiseSchedule.family``) it computes correctly; others are Unsupported.
     """
     choices, bounds = dict(choices or {}), dict(bounds or {})
     if not name or any(ch.isspace() for ch in name) or name in _ESTIMATORS:
@@ -421,7 +424,7 @@ def register_estimator(name: str, fn: Callable, *, defaults: Mapping[str, Any], 
         raise ValueError(f"estimator {name!r}: every choice/bound needs an option, every numeric option a bound")
     spec = EstimatorSpec(name, fn, MappingProxyType(dict(defaults)), MappingProxyType(choices),
                          MappingProxyType(bounds), check_nfe, validate, adaptive,
-                         description or (fn.__doc__ or name).strip().splitlines()[0])
+                         description or (fn.__doc__ or name).strip().splitlines()[0], tuple(families))
     Estimator(spec, {})  # the defaults themselves must be allowed
     _ESTIMATORS[name] = spec
 
@@ -462,6 +465,13 @@ class Estimator:
             raise UnsupportedNFE(f"NFE must be an integer, got {nfe!r}")
         self.spec.check_nfe(nfe, **self.options)
 
+    def check_model(self, model) -> None:
+        """Raise ``Unsupported`` unless the estimator is written for the family of ``model``'s schedule."""
+        family = getattr(model.schedule, "family", "?")
+        if family not in self.spec.families:
+            raise Unsupported(f"likelihood estimator {self.name!r} is not written for the {family!r} schedule family "
+                              f"({model.schedule!r}); it supports: {list(self.spec.families)}")
+
     def estimate(self, model, x: torch.Tensor, nfe: int | None, *, seed: int, indices: Sequence[int],
                  levels: int | None = None, data_range: Sequence[float] = DATA_RANGE) -> dict[str, torch.Tensor]:
         """Per-sample estimates of -log p(x) for data x (B, *data_shape) with sample ``indices`` (B of them).
@@ -477,8 +487,10 @@ class Estimator:
             data_range: the values of the lowest and highest level.
 
         Returns: {"nll_nats": (B,), "nll_bpd": (B,), and per term "<ode|vlb>_<term>_bpd": (B,)} on x's device.
+        Raises ``Unsupported`` for a schedule family the estimator is not written for (see ``check_model``).
         """
         self.check_nfe(nfe)
+        self.check_model(model)
         if levels is not None:
             bin_width(levels, data_range)
         return self.spec.fn(model, x, nfe, seed=seed, indices=list(indices), levels=levels,

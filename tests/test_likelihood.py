@@ -257,3 +257,16 @@ def test_float32_state_agrees_with_float64(gmm2d):
     a = _nll(gmm2d, "ode_dopri5", x, None, divergence="exact")["nll_bpd"]
     b = _nll(gmm2d, "ode_dopri5", x.float(), None, divergence="exact")["nll_bpd"]
     assert b.dtype == torch.float32 and float((a - b.double()).abs().max()) < 1e-3
+
+
+@pytest.mark.parametrize("family", ["edm", "flow"])
+def test_estimators_refuse_a_family_they_are_not_written_for(family):
+    import pretrained
+    ck = pretrained.load(f"gmm-2d-{family}")
+    x = ck.real_data(2, 0)
+    for name in L.available_estimators():
+        est = L.get_estimator(name)
+        if family in est.spec.families:
+            continue
+        with pytest.raises(samplers.Unsupported, match=family):
+            est.estimate(ck.model, x, None if est.adaptive else 4, seed=0, indices=range(2))
