@@ -8,7 +8,7 @@ from .model import alpha_sigma
 from .registry import UnsupportedNFE, register, register_preset
 from .state import grid_tables, lincomb, on_state
 
-UNIPC_VARIANTS = ("bh1", "bh2")
+UNIPC_VARIANTS = ("bh1", "bh2", "vary_coeff")
 UNIPC_ORDERS = (1, 2, 3)
 UNIPC_PREDICTIONS = ("x0", "eps")
 
@@ -33,6 +33,33 @@ def _rhos(rks, hh, variant: str, p: int):
     rhos_p = b[:0] if p == 1 else half if p == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
     rhos_c = half if p == 1 else torch.linalg.solve(R, b)
     return b_h, rhos_p, rhos_c
+
+
+def _vary_coeff(rks, hh, p):
+    """The reference's ``multistep_uni_pc_vary_update`` as weights of D1_k = (m_{-k} - m0) / r_k and D1_t = m_t - m0.
+
+    C_ik = r_i^(k-1) / k!, A = C^-1 (predictor: without the last row and column), h_phi_k as the reference builds
+    them; returns the predictor's weights of D1_1..D1_{p-1} and the corrector's of D1_1..D1_{p-1}, D1_t, each to be
+    multiplied by -scale. As written there, the corrector sums rows 0..p-2 of A for the D1_k and takes D1_t's weight
+    from row p-2 (row 0 at p = 1) times h_phi_p: not the full C^-1 sum (kept for parity).
+    """
+    rks = torch.stack([torch.as_tensor(r, dtype=torch.float64) for r in rks])
+    cols, col = [], torch.ones_like(rks)
+    for k in range(1, p + 1):
+        cols.append(col)
+        col = col * rks / (k + 1)
+    C = torch.stack(cols, dim=1)
+    h_phi, fact, k_phi = [], 1, torch.expm1(hh)
+    for k in range(1, p + 2):
+        h_phi.append(k_phi)
+        k_phi = k_phi / hh - 1 / fact
+        fact *= k + 1
+    a_p = torch.linalg.inv(C[:-1, :-1]) if p > 1 else None
+    a_c = torch.linalg.inv(C)
+    pred = [sum(h_phi[k + 1] * a_p[k][j] for k in range(p - 1)) for j in range(p - 1)]
+    corr = [sum(h_phi[k + 1] * a_c[k][j] for k in range(p - 1)) for j in range(p - 1)]
+    corr.append(h_phi[p] * a_c[max(p - 2, 0)][-1])
+    return pred, corr
 
 
 @register("unipc", defaults={"variant": "bh1", "order": 3, "predict": "x0", "corrector": True,
@@ -79,7 +106,6 @@ def _tables(sch, nfe, variant, order, predict, lower_order_final, grid, t_end, d
         h = lam[i] - lam[i - 1]
         rks = [(lam[i - 1 - k] - lam[i - 1]) / h for k in range(1, p)] + [1.0]  # m_{-k} sits at lambda_{i-1-k}
         hh = -h if predict == "x0" else h
-        b_h, rhos_p, rhos_c = _rhos(rks, hh, variant, p)
         # First-order exponential-integrator step (DDIM): x0 form sigma_t/sigma_s x - alpha_t (e^{-h} - 1) x0_s,
         # eps form alpha_t/alpha_s x - sigma_t (e^h - 1) eps_s.
         if predict == "x0":
@@ -87,6 +113,12 @@ def _tables(sch, nfe, variant, order, predict, lower_order_final, grid, t_end, d
         else:
             ratio[i - 1], scale = alpha[i] / alpha[i - 1], sigma[i]
         w_base = -scale * torch.expm1(hh)  # x_base = ratio x + w_base m0
+        if variant == "vary_coeff":
+            # x_t = x_base - scale sum_k c_k D1_k (- scale c_t D1_t for the corrector), D1_k = (m_{-k} - m0) / r_k.
+            c_p, c_c = _vary_coeff(rks, hh, p)
+            rhos_p, rhos_c, b_h = c_p, c_c, 1.0
+        else:
+            b_h, rhos_p, rhos_c = _rhos(rks, hh, variant, p)
         # UniP-p: x_t = x_base - scale B(h) sum_k rho_k D1_k, D1_k = (m_{-k} - m0) / r_k: weights of m_{-k} and m0.
         w = [-scale * b_h * rho / r for rho, r in zip(rhos_p, rks)]
         wp[i - 1, :p] = torch.stack([w_base - sum(w)] + w)
@@ -98,5 +130,7 @@ def _tables(sch, nfe, variant, order, predict, lower_order_final, grid, t_end, d
 register_preset("unipc_bh1_3", "unipc", variant="bh1", order=3, description="UniPC-3 with B(h) = h (Zhao et al. 2023)")
 register_preset("unipc_bh2_3", "unipc", variant="bh2", order=3, in_default_sweep=False,
                 description="UniPC-3 with B(h) = e^h - 1 (Zhao et al. 2023)")
+register_preset("unipc_vary_coeff", "unipc", variant="vary_coeff", in_default_sweep=False,
+                description="UniPC with varying coefficients (uni_pc.py variant='vary_coeff': A = C^-1 of the steps)")
 register_preset("unipc_bh2_2", "unipc", variant="bh2", order=2,
                 description="UniPC-2 with B(h) = e^h - 1 (Zhao et al. 2023; UniP = DPM-Solver++(2M))")

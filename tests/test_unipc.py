@@ -127,7 +127,7 @@ def test_presets_and_sweep():
     assert samplers.get("unipc").options["predict"] == "x0"
 
 
-@pytest.mark.parametrize("options, allowed", [({"variant": "vary_coeff"}, "'bh1', 'bh2'"), ({"order": 4}, "1, 2, 3"),
+@pytest.mark.parametrize("options, allowed", [({"variant": "bh3"}, "'bh1', 'bh2', 'vary_coeff'"), ({"order": 4}, "1, 2, 3"),
                                               ({"predict": "v"}, "'x0', 'eps'"), ({"grid": "cubic"}, "logSNR"),
                                               ({"corrector": "yes"}, "bool"), ({"use_corrector": True}, "corrector")])
 def test_bad_options(options, allowed):
