@@ -318,12 +318,13 @@ def dry_run(ck, method, nfes, n_likelihood: int, state_dtype: str, device) -> No
         if isinstance(method, LikelihoodMethod):
             if ck.likelihood_data is None:
                 return
+            model = ck.grad_model or ck.model
+            method.check_model(model, nfe)  # a family the estimator is not written for: an unsupported row
             x = ck.likelihood_data(n_likelihood)[:1].to(device, dtype)  # the held-out set's own size check
-            model = (ck.grad_model or ck.model).replace(fn=_stop)
-            method.estimator.estimate(model, x, nfe, seed=0, indices=[0], levels=ck.data_levels)
+            method.estimator.estimate(model.replace(fn=_stop), x, nfe, seed=0, indices=[0], levels=ck.data_levels)
         else:
             method.check_model(ck.model, nfe)
-            x_T = initial_noise(0, [0], ck.data_shape, device=device, dtype=dtype)
+            x_T = initial_noise(0, [0], ck.data_shape, device=device, dtype=dtype, std=ck.model.schedule.prior_std)
             noise = SampleNoise(0, [0], ck.data_shape, device=device, dtype=dtype) if method.stochastic else None
             method.sample(ck.model.replace(fn=_stop), x_T, nfe, noise=noise)
     except (_Reached, Unsupported):

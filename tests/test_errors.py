@@ -73,7 +73,7 @@ CASES = [
     ("sampler option not among its choices", lambda t: [*RUN, "--sampler", "ddim,grid=nope", "--results", f"{t}/r"],
      ["grid", "allowed"]),
     ("negative eta", lambda t: [*RUN, "--sampler", "ddim,eta=-1", "--results", f"{t}/r"], ["eta", "-1"]),
-    ("t_end outside (0, T)", lambda t: [*RUN, "--sampler", "ddim,t_end=2.0", "--results", f"{t}/r"], ["t_end", "2"]),
+    ("t_end negative", lambda t: [*RUN, "--sampler", "ddim,t_end=-1.0", "--results", f"{t}/r"], ["t_end", "-1"]),
     ("t_end zero", lambda t: [*RUN, "--sampler", "euler,t_end=0", "--results", f"{t}/r"], ["t_end", "0"]),
     ("option a preset fixes", lambda t: [*RUN, "--sampler", "dpm_solver++_2m,order=3", "--results", f"{t}/r"],
      ["fixes", "order"]),
