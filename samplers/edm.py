@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .ancestral import S_NOISE_RANGE, check_per_step, finish, points
+from .ancestral import S_NOISE_RANGE, afs_factor, check_per_step, finish, grid_steps, points
 from .grids import T_END, time_grid
 from .registry import Interval, Unsupported, register
 from .state import grid_tables, lincomb, on_state
@@ -21,9 +21,9 @@ MAX_GAMMA = math.sqrt(2.0) - 1.0
 NONNEG = Interval(0.0, None)
 
 
-def _check_edm(nfe, *, denoise_to_zero, **_):
-    # Heun steps (2 NFE) to t_end, plus one for EDM's final Euler step to sigma = 0.
-    check_per_step(2)(nfe, denoise_to_zero=denoise_to_zero)
+def _check_edm(nfe, *, denoise_to_zero, afs, **_):
+    # Heun steps (2 NFE) to t_end, plus one for EDM's final Euler step to sigma = 0, less one with AFS.
+    check_per_step(2)(nfe, denoise_to_zero=denoise_to_zero, afs=afs)
 
 
 @grid_tables
@@ -40,12 +40,13 @@ def _edm_tables(sch, steps, S_churn, S_tmin, S_tmax, S_noise, denoise_to_zero, g
     t_hat, a_hat, s_hat, _ = points(sch, t_hat, dtype)
     c_churn = (rho_hat**2 - rho**2).sqrt() * S_noise
     h = rho[1:] - rho_hat[:-1]
-    return (tuple(bool(c > 0) for c in c_churn), ts, a, s, t_hat, a_hat, s_hat, c_churn, h, 0.5 * h)
+    return (tuple(bool(c > 0) for c in c_churn), ts, a, s, t_hat, a_hat, s_hat, c_churn, h, 0.5 * h,
+            afs_factor(rho_hat[0]))
 
 
 @register("edm_stochastic",
           defaults={"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003, "grid": "karras", "t_end": T_END,
-                    "denoise_to_zero": False},
+                    "denoise_to_zero": False, "afs": False},
           bounds={"S_churn": NONNEG, "S_tmin": NONNEG, "S_tmax": NONNEG, "S_noise": S_NOISE_RANGE},
           validate=lambda S_tmin, S_tmax, **_: _check_range(S_tmin, S_tmax), check_nfe=_check_edm,
           requires=lambda model, nfe, **o: _check_churn(model, nfe, **o),
@@ -53,12 +54,12 @@ def _edm_tables(sch, steps, S_churn, S_tmin, S_tmax, S_noise, denoise_to_zero, g
           in_default_sweep=False,
           description="EDM stochastic sampler (Karras et al. 2022 Alg. 2): churn rho -> (1 + gamma) rho, then Heun; "
                       "defaults: the published ImageNet setting (S_churn 40, S_tmin 0.05, S_tmax 50, S_noise 1.003)")
-def edm_stochastic(model, x, nfe, *, noise, S_churn, S_tmin, S_tmax, S_noise, grid, t_end, denoise_to_zero):
-    """EDM Algorithm 2 in (x / alpha, sigma / alpha); 2 NFE per Heun step (+1 with denoise_to_zero)."""
-    steps = (nfe - int(denoise_to_zero)) // 2
+def edm_stochastic(model, x, nfe, *, noise, S_churn, S_tmin, S_tmax, S_noise, grid, t_end, denoise_to_zero, afs):
+    """EDM Algorithm 2 in (x / alpha, sigma / alpha); 2 NFE per Heun step (+1 with denoise_to_zero, -1 with afs)."""
+    steps = grid_steps(nfe, 2, denoise_to_zero, afs)
     draws, *tables = _edm_tables(model.schedule, steps, S_churn, S_tmin, S_tmax, S_noise, denoise_to_zero, grid,
                                  t_end, x.dtype)
-    ts, a, s, t_hat, a_hat, s_hat, c_churn, h, half_h = on_state(x, *tables)
+    ts, a, s, t_hat, a_hat, s_hat, c_churn, h, half_h, c_afs = on_state(x, *tables)
     xb = x / a[0]
     for i in range(steps + int(denoise_to_zero)):
         # Increase noise temporarily.
@@ -67,8 +68,8 @@ def edm_stochastic(model, x, nfe, *, noise, S_churn, S_tmin, S_tmax, S_noise, gr
         if i == steps:
             # EDM's last step, Euler to sigma = 0: x0 at the churned point.
             return model.x0(xb.mul_(a_hat[i]), t_hat[i], alpha_sigma=(a_hat[i], s_hat[i]))
-        # Euler step.
-        d = model.eps(xb * a_hat[i], t_hat[i], alpha_sigma=(a_hat[i], s_hat[i]))
+        # Euler step (AFS: eps = x_bar / sqrt(1 + rho_hat^2) at the first point, diff-sampler's heun_sampler).
+        d = xb * c_afs if afs and i == 0 else model.eps(xb * a_hat[i], t_hat[i], alpha_sigma=(a_hat[i], s_hat[i]))
         x_next = lincomb(xb, (h[i], d)).mul_(a[i + 1])
         # Apply 2nd order correction.
         d_next = model.eps(x_next, ts[i + 1], alpha_sigma=(a[i + 1], s[i + 1]))
@@ -76,9 +77,9 @@ def edm_stochastic(model, x, nfe, *, noise, S_churn, S_tmin, S_tmax, S_noise, gr
     return finish(model, xb, ts[-1], a[-1], s[-1], False)
 
 
-def _check_churn(model, nfe, *, S_churn, S_tmin, S_tmax, S_noise, grid, t_end, denoise_to_zero):
+def _check_churn(model, nfe, *, S_churn, S_tmin, S_tmax, S_noise, grid, t_end, denoise_to_zero, afs):
     """Unsupported where a churn would need a noise level above the schedule's T (before any model call)."""
-    steps = (nfe - int(denoise_to_zero)) // 2
+    steps = grid_steps(nfe, 2, denoise_to_zero, afs)
     _edm_tables(model.schedule, steps, S_churn, S_tmin, S_tmax, S_noise, denoise_to_zero, grid, t_end, torch.float64)
 
 

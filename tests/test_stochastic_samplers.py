@@ -179,6 +179,21 @@ def test_counted_nfe_is_the_budget(gmm2d, name, ending):
     assert accepted == ((15 - int(ending)) // per if name != "lms" else 15 - int(ending))
 
 
+@pytest.mark.parametrize("name", ["euler_ancestral", "dpm_2", "edm_stochastic"])
+@pytest.mark.parametrize("dz", [False, True])
+def test_afs_saves_one_evaluation(gmm2d, name, dz):
+    s, s_afs = (samplers.get(name, t_end=T_END, denoise_to_zero=dz, afs=afs) for afs in (False, True))
+    x = initial_noise(0, range(3), (2,))
+    for nfe in range(1, 14):
+        try:
+            s_afs.check_nfe(nfe)
+        except UnsupportedNFE:
+            continue
+        s.check_nfe(nfe + 1)  # the same grid without AFS costs one more
+        out, n = _run(gmm2d, name, {"denoise_to_zero": dz, "afs": True}, nfe, x)
+        assert n == nfe and torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("name", STOCHASTIC)
 def test_batch_invariance_and_seeds(gmm16d, name):
     nfe = 2 * 6 + 1 if PER_STEP.get(name, 1) == 2 else 10
