@@ -77,17 +77,17 @@ def _check_midpoint(nfe, **_):
 
 @register("midpoint", defaults={"space": "t", "grid": "time_uniform", "t_end": T_END}, choices={"space": EULER_SPACES},
           check_nfe=_check_midpoint, in_default_sweep=False,
-          description="explicit midpoint (RK2) on the PF-ODE, in t or space='rho' (x/alpha vs sigma/alpha); 2 NFE per step")
+          description="explicit midpoint (RK2) on the PF-ODE, in t or space='rho' (x/alpha vs sigma/alpha); 2 NFE/step")
 def midpoint(model, x, nfe, *, noise, space, grid, t_end):
-    """Explicit midpoint rule (Runge 1895; torchdiffeq ``midpoint``): a half Euler step, then the whole step with the
-    slope there. The step's variable is y = x / scale, its slope dy/ds = a y + b eps (see ``_midpoint_tables``)."""
-    ts, tm, scale, scale_m, a, b, a_m, b_m, h = on_state(x, *_midpoint_tables(model.schedule, nfe // 2, space, grid,
-                                                                               t_end))
+    """Explicit midpoint rule (RK2; torchdiffeq's ``midpoint``) on y = x / scale with slope dy/ds = a y + b eps."""
+    steps = nfe // 2
+    ts, tm, scale, scale_m, a, b, a_m, b_m, h, half_h = on_state(
+        x, *_midpoint_tables(model.schedule, steps, space, grid, t_end))
     y = x / scale[0]
-    for i in range(nfe // 2):
+    for i in range(steps):
         # Euler to the midpoint.
         d = lincomb((a[i], y), (b[i], model.eps(y * scale[i], ts[i])))
-        y_mid = lincomb(y, (0.5 * h[i], d))
+        y_mid = lincomb(y, (half_h[i], d))
         # Whole step with the midpoint's slope.
         d_mid = lincomb((a_m[i], y_mid), (b_m[i], model.eps(y_mid * scale_m[i], tm[i])))
         y = lincomb(y, (h[i], d_mid))
@@ -96,7 +96,7 @@ def midpoint(model, x, nfe, *, noise, space, grid, t_end):
 
 @grid_tables
 def _midpoint_tables(sch, steps, space, grid, t_end):
-    """Grid, midpoints and slope coefficients: 't': y = x, s = t, dx/dt = f x + g^2 eps / (2 sigma), midpoint in t;
+    """'t': y = x, s = t, dx/dt = f x + g^2 eps / (2 sigma), midpoint in t;
     'rho': y = x / alpha, s = rho = sigma / alpha, dy/drho = eps, midpoint in rho."""
     ts = time_grid(sch, grid, steps, t_end)
     if space == "t":
@@ -110,4 +110,4 @@ def _midpoint_tables(sch, steps, space, grid, t_end):
         scale, scale_m, h = sch.alpha(ts), sch.alpha(tm), rho[1:] - rho[:-1]
         a, b = torch.zeros_like(tm), torch.ones_like(tm)
         a_m, b_m = a, b
-    return ts, tm, scale, scale_m, a, b, a_m, b_m, h
+    return ts, tm, scale, scale_m, a, b, a_m, b_m, h, 0.5 * h
