@@ -4,9 +4,10 @@
   tests/fixtures/generators/kdiffusion_edm.py): our ``euler`` (space rho), ``heun``, ``dpm_solver++_2m``.
 - Meta flow_matching 1.0.10 ``ODESolver`` euler / midpoint on gmm-16d-flow (fixture from
   tests/fixtures/generators/flow_matching_meta.py): our ``euler`` and ``midpoint`` in t.
-- diffusers' ``FlowMatchEulerDiscreteScheduler`` and ``DPMSolverMultistepScheduler`` with flow sigmas, run live: our
-  ``euler`` and ``dpm_solver++_2m``, then one x0 evaluation for their last step to sigma = 0. diffusers keeps its
-  sigmas and its state in float32, hence the looser tolerance there.
+- diffusers' ``FlowMatchEulerDiscreteScheduler`` and ``DPMSolverMultistepScheduler`` with flow sigmas, run live
+  (checked with diffusers 0.42.1, huggingface/diffusers src/diffusers/schedulers/): our ``euler`` and
+  ``dpm_solver++_2m``, then one x0 evaluation for their last step to sigma = 0. diffusers keeps its sigmas and its
+  state in float32, hence the looser tolerance there.
 Each reference has a changed option that must move the result off it, so every parity check can fail.
 """
 import numpy as np
