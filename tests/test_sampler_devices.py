@@ -18,6 +18,10 @@ B, D = 4, 3
 DIFFUSERS_ON_META = ["diffusers:DDIMScheduler", "diffusers:DPMSolverMultistepScheduler",
                      "diffusers:EulerAncestralDiscreteScheduler", "diffusers:UniPCMultistepScheduler"]
 FLOAT32_ATOL = 3e-5  # float32 state vs float64 on gmm-2d, 64 samples: measured <= 6e-6 (solver errors >= 0.04)
+# Steps that cancel x/alpha ~ rho(T) z = 150 z down to O(1) in one go lose more: dpm_2_ancestral's step to rho_down
+# (<< rho_next when eta = 1) measured 6.5e-5 at NFE 10, deis_rhork 3kutta's extrapolating stage (a31 = -1, a32 = 2)
+# 1.2e-4 at NFE 12 (k-diffusion / th_deis compute the same cancellations).
+FLOAT32_ATOL_SAMPLER = {"dpm_2_ancestral": 2e-4, "deis_rhork": 4e-4}
 
 
 class DeviceAudit(TorchDispatchMode):
@@ -161,7 +165,7 @@ def test_float32_state_is_close_to_float64(gmm2d, x2d, name):
         # Accepting or rejecting a step hinges on round-off: float32 may take other steps (measured 2.6e-3 off).
         assert torch.isfinite(out32).all()
         return
-    assert float((out32.double() - out64).abs().max()) < FLOAT32_ATOL
+    assert float((out32.double() - out64).abs().max()) < FLOAT32_ATOL_SAMPLER.get(name, FLOAT32_ATOL)
 
 
 def test_noise_is_drawn_on_the_host_and_moved():
