@@ -310,18 +310,24 @@ class FlowMatching(NoiseSchedule):
     ``flow_matching`` runs time the other way: t_meta = 1 - t, v_meta = -v). ``shift`` is SD3's time shift
     t' = s u / (1 + (s - 1) u), applied to time-defined grids (time_uniform, time_quadratic) as diffusers' flow
     schedulers apply it to their sigmas; grids defined by the log-SNR (logSNR, karras) do not change with it.
-    Sampling starts at ``T`` (lambda(1) = -inf; see FLOW_T_MAX) from x_T ~ N(0, T^2 I).
+    Sampling starts at ``T`` (lambda(1) = -inf; default: FLOW_T_MAX shifted, as diffusers' first flow sigma) from
+    x_T ~ N(0, T^2 I).
     """
 
     name = "flow"
     family = "flow"
 
-    def __init__(self, shift: float = 1.0, T: float = FLOW_T_MAX, t_end: float = FLOW_T_END):
+    def __init__(self, shift: float = 1.0, T: float | None = None, t_end: float = FLOW_T_END):
         vals = {"shift": shift, "T": T, "t_end": t_end}
-        if (not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals.values())
-                or not shift > 0 or not 0 < t_end < T < 1):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in vals.values() if v is not None) or not shift > 0:
             raise ValueError(f"flow schedule needs shift > 0 and 0 < t_end < T < 1, got {vals}")
-        self.shift, self.T, self.t_end = float(shift), float(T), float(t_end)
+        self.shift = float(shift)
+        # Default start: FLOW_T_MAX in the unshifted time, as diffusers shifts its first flow sigma (1 - 1/1000).
+        self.T = float(self.warp(FLOW_T_MAX)) if T is None else float(T)
+        self.t_end = float(t_end)
+        if not 0 < self.t_end < self.T < 1:
+            raise ValueError(f"flow schedule needs shift > 0 and 0 < t_end < T < 1, got {vals} (T = {self.T})")
 
     def log_alpha(self, t):
         return torch.log1p(-_as_t(t))

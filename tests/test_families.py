@@ -154,10 +154,12 @@ def test_schedules_and_their_inverses():
 
 def test_flow_shift_is_sd3s_time_shift_on_time_grids_only():
     """SD3's shift s u / (1 + (s - 1) u) on time_uniform points; logSNR grids ignore it (defined by lambda)."""
-    plain, shifted = FlowMatching(), FlowMatching(shift=3.0)
+    shifted = FlowMatching(shift=3.0)
+    assert shifted.T == pytest.approx(3 * 0.999 / (1 + 2 * 0.999), rel=1e-15)  # diffusers' first shifted flow sigma
     ts = samplers.time_grid(shifted, "time_uniform", 10)
     u = torch.linspace(float(shifted.unwarp(shifted.T)), float(shifted.unwarp(shifted.t_end)), 11, dtype=torch.float64)
     torch.testing.assert_close(ts[1:-1], (3 * u / (1 + 2 * u))[1:-1], rtol=1e-14, atol=0)
+    plain, shifted = FlowMatching(), FlowMatching(shift=3.0, T=0.999)
     torch.testing.assert_close(samplers.time_grid(shifted, "logSNR", 10), samplers.time_grid(plain, "logSNR", 10))
 
 
