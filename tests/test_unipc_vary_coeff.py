@@ -16,7 +16,11 @@ PARITY_ATOL = 1e-10  # float64 on both sides: measured <= 4e-14
 T_END = 1e-3
 
 
-@pytest.mark.parametrize("case", FIXTURE["cases"], ids=lambda c: "-".join(map(str, c["options"].values())) + f"-{c['nfe']}")
+def _id(case):
+    return "-".join(map(str, case["options"].values())) + f"-{case['nfe']}"
+
+
+@pytest.mark.parametrize("case", FIXTURE["cases"], ids=_id)
 def test_matches_uni_pc(gmm16d, case):
     x_T = initial_noise(0, range(8), (16,))
     ref = torch.tensor(case["x"], dtype=torch.float64)
