@@ -5,6 +5,7 @@ import argparse
 import sys
 import textwrap
 
+from . import INTERRUPTED
 from .preflight import captured_third_party, one_line
 
 DEFAULT_CHECKPOINT = "digits"
@@ -19,13 +20,11 @@ def _cmd_run(args) -> int:
     from . import dist
     from .preflight import plan_run
     from .runner import RunOptions, run_sweep
-    from .store import ResultsStore
 
     plan = plan_run(args)  # every check; nothing written yet
     if args.threads:
         torch.set_num_threads(args.threads)
     dist.init_from_env(plan.device)  # the rendezvous is bounded (dist.RENDEZVOUS_TIMEOUT_S); still nothing written
-    ResultsStore(args.results).prepare()  # creates the folder
     counts = run_sweep(plan.cells, args.results, options=RunOptions(device=plan.device, batch_size=args.batch_size,
                                                                     compile=args.compile),
                        progress=not args.quiet)
@@ -211,7 +210,7 @@ def main(argv=None) -> int:
         with captured_third_party(verbose=args.verbose):
             return args.func(args)
     except KeyboardInterrupt:  # at start-up too: nothing is written before the pre-flight ends
-        print("interrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except ValueError as exc:  # bad input: a clear message, nothing written
         print(f"error: {one_line(exc)}", file=sys.stderr)

@@ -7,6 +7,7 @@ which anyone can write), and each path is checked with ``Path.resolve`` (a symli
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -376,7 +377,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         return _publish(stage, out_dir, staged)
     except OSError as exc:
         from .store import StoreWriteError
-        raise StoreWriteError(exc.errno or 5, f"cannot write the report to {out_dir} ({exc.strerror or exc}); "
+        raise StoreWriteError(exc.errno or errno.EIO, f"cannot write the report to {out_dir} ({exc.strerror or exc}); "
                               f"nothing of it was written") from exc
     finally:
         shutil.rmtree(stage, ignore_errors=True)
