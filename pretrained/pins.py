@@ -13,5 +13,6 @@ PINNED_SHA256 = {
     "digits-pd": "704ad4f34adda901d3263e68f86db5a1029c05cf1b2ae43557fe3c63c82544f8",
     "digits-cd": "99b5641780837d46eac08fd2786f64ec725b721d1561828fa9f27c39cd5629f5",
     "digits-genie": "02dba697f76d60998ccabba0066a42e69bdff939082006ca88f5971f3fd421b1",
+    "digits-edm": "a9c615f8cdf347efd860fdbcf04bdce202de0a65770fbf7edc6240e18b12dec5",
     "digits-flow": "bc843a919cf8efd24066417826b1de8a008d5f80aa605c2d3a21a019d9b9f16a",
 }
