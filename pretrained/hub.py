@@ -193,7 +193,10 @@ def _betas(path: Path, config: dict) -> torch.Tensor:
     except Exception as e:  # noqa: BLE001 -- any config diffusers cannot build from is the user's file
         reason = (str(e).strip().splitlines() or [""])[0]
         raise ValueError(f"{path}: diffusers cannot build {cls} from it ({type(e).__name__}: {reason})") from None
-    VPDiscrete(betas)  # raises ValueError unless every beta is in (0, 1)
+    try:
+        VPDiscrete(betas)  # raises ValueError unless every beta is in (0, 1)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e} (from beta_start, beta_end, beta_schedule or trained_betas)") from None
     return betas
 
 
