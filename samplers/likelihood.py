@@ -3,18 +3,26 @@
 Two families behind one registry, ``get_estimator(name, **options).estimate(model, x, nfe, seed=, indices=, levels=)``:
 
 * ``ode_*``: log p_eps(x) by the instantaneous change of variables along the PF-ODE from t_eps to T
-  (score_sde ``likelihood.py``), log p_eps(x) = log N(x_T; 0, I) + int_{t_eps}^{T} div v dt. The ODE is
-  written in lambda = log(alpha / sigma): dx/dlambda = sigma^2 x - sigma eps_hat(x, t(lambda)) (the schedule's
-  ``ode_velocity`` times dt/dlambda = sigma^2 / f), bounded as t -> 0 where dx/dt grows like 1/sigma.
+  (score_sde ``likelihood.py``), log p_eps(x) = log N(x_T; 0, s^2 I) + int_{t_eps}^{T} div v dt, with the prior the
+  schedule's own x_T distribution, s = ``prior_std`` (VP 1 as score_sde, EDM sigma_max, flow sigma_T = T), what the
+  samplers start from. The ODE is solved in lambda = log(alpha / sigma) for y = xbar / sqrt(1 + rho^2)
+  (xbar = x / alpha, rho = sigma / alpha = e^{-lambda}), the state of VP's ODE: dy/dlambda = sigma_vp^2 y -
+  sigma_vp eps_hat(k y, t(lambda)) with sigma_vp^2 = 1 / (1 + e^{2 lambda}) and k = alpha sqrt(1 + rho^2) (1 on VP).
+  y is bounded as t -> 0 (where dx/dt grows like 1/sigma) and as t -> T, and the ODE in y depends on lambda alone,
+  so every family takes the same steps; x_T = k_T y_T and log p moves by D log(k_T / k_eps) between the two.
+  ``space="t"`` (dopri5) solves x in t by the schedule's drift f and diffusion g^2 instead.
   NFE: one model call per function evaluation, the divergence by backward passes through that call (exact: D of
   them; Hutchinson: one per probe); Euler 1, Heun 2, RK4 4 per step; dopri5 counts its evaluations (2 + 6 per step,
   rejected steps included). Discrete data (``levels``) are dequantised x + u, u ~ U[-w/2, w/2) with w the level
   spacing, so the bins are centred on the values the network was trained on; bits/dim add -log2 w.
-  Truncation at t_eps: "none" evaluates p_eps at the data (score_sde; drops log p(x | x_eps)); "gaussian" draws
+  Truncation at t_eps (None: the schedule's t_end): "none" evaluates p_eps at the data (score_sde; drops
+  log p(x | x_eps)): the density of what the samplers return, x at t_end, which keeps the scale alpha_eps (flow:
+  1 - t_eps); "gaussian" draws
   x_eps ~ q(x_eps | x) and adds the Gaussian decoder's term, exactly D log alpha_eps; "discrete" (no
   dequantisation) adds VDM's discrete decoder, log p(x | x_eps) - log q(x_eps | x): a bound on P(discrete x).
-* ``vlb_*``: VDM's variational bound on the discrete data: reconstruction + KL(q(z_T | x) || N(0, I)) +
+* ``vlb_*``: VDM's variational bound on the discrete data: reconstruction + KL(q(z_T | x) || N(0, s^2 I)) +
   diffusion term, with gamma = -2 lambda; continuous time (NFE = time samples) or T discrete steps (NFE = T).
+  Every term but the prior's is a function of gamma alone (z / alpha against the decoder), so is each family's.
 
 Every random draw (Hutchinson probes, dequantisation, truncation noise, VLB times and noise) comes from
 ``SampleNoise`` streams of (seed, sample index), so fixed-step estimates do not depend on batching or ranks
@@ -33,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from . import grids
-from .schedules import VP_T_END
+from .schedules import FAMILIES, VPSchedule
 from .noise import SampleNoise
 from .registry import Interval, Unsupported, UnsupportedNFE
 from .state import check_state, on_state
@@ -46,9 +54,10 @@ STREAM_VLB_TIME = 13    # the offset of the stratified VLB times
 STREAM_VLB_EPS = 14     # the noise of z_t in the VLB diffusion term
 STREAM_VLB_RECON = 15   # the noise of z_0 in the VLB reconstruction term
 
-# Start of the likelihood ODE / VLB: the sampling end, so the likelihood is that of the distribution the samplers draw
-# from (p at T_END), inside the t range the shipped networks were trained on ([1e-3, 1]); score_sde uses 1e-5.
-T_EPS = VP_T_END
+# Start of the likelihood ODE / VLB: None is the schedule's sampling end (``schedule.t_end``: VP 1e-3, EDM sigma_min,
+# flow 1e-3), so the likelihood is that of the distribution the samplers draw from, inside the range the networks were
+# trained on (VP [1e-3, 1]); score_sde uses 1e-5.
+T_EPS = None
 ODE_RTOL = ODE_ATOL = 1e-5  # score_sde's RK45 tolerances
 EXACT_DIVERGENCE_MAX_DIM = 1024  # exact divergence costs D backward passes per evaluation; above this use Hutchinson
 LEVEL_TOLERANCE = 1e-3    # data further than this fraction of a bin from a level is not discrete
@@ -116,6 +125,32 @@ def _alpha_sigma(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
 
 
+def _marginal_variances(schedule, t, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha_t^2, sigma_t^2) with gamma(t) = g: VP in closed form from gamma, any other family from the schedule at t."""
+    if isinstance(schedule, VPSchedule):
+        return torch.sigmoid(-g), torch.sigmoid(g)
+    t = torch.as_tensor(t, dtype=torch.float64, device=g.device)
+    return schedule.alpha(t) ** 2, schedule.sigma(t) ** 2
+
+
+def _marginal(schedule, t, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha_t, sigma_t) with gamma(t) = g (see ``_marginal_variances``)."""
+    if isinstance(schedule, VPSchedule):
+        return _alpha_sigma(g)
+    t = torch.as_tensor(t, dtype=torch.float64, device=g.device)
+    return schedule.alpha(t), schedule.sigma(t)
+
+
+def log_vp_scale(schedule, t, lam) -> torch.Tensor | None:
+    """log k with x = k y, y = xbar / sqrt(1 + rho^2) the VP-scaled state: k = alpha_t sqrt(1 + e^{-2 lambda}); None on VP.
+
+    y is a function of xbar = x / alpha and rho = e^{-lambda} alone, the same on every family; on VP it is x (k = 1).
+    """
+    if isinstance(schedule, VPSchedule):
+        return None
+    return schedule.log_alpha(t) - 0.5 * torch.nn.functional.logsigmoid(2.0 * torch.as_tensor(lam, dtype=torch.float64))
+
+
 def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A per-sample (B,) or scalar coefficient shaped to multiply x."""
     return v.reshape((-1,) + (1,) * (x.dim() - 1)) if v.dim() else v
@@ -123,28 +158,37 @@ def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 # -- the pieces of the bounds ----------------------------------------------------------------------
 def discrete_decoder_logprob(k: torch.Tensor, z: torch.Tensor, g: torch.Tensor, levels: int,
-                             data_range: Sequence[float] = DATA_RANGE) -> torch.Tensor:
-    """log p(x | z) summed per sample, VDM's decoder: softmax over levels x_j of -(z/alpha - x_j)^2 / (2 e^gamma)."""
+                             data_range: Sequence[float] = DATA_RANGE, alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(x | z) summed per sample, VDM's decoder: softmax over levels x_j of -(z/alpha - x_j)^2 / (2 e^gamma).
+
+    ``alpha`` of z's marginal; None: VP's, from gamma. In xbar = z / alpha the decoder depends on gamma alone.
+    """
     lo = float(data_range[0])
     x_levels = lo + bin_width(levels, data_range) * torch.arange(levels, dtype=z.dtype, device=z.device)
-    alpha, _ = _alpha_sigma(g)
+    if alpha is None:
+        alpha, _ = _alpha_sigma(g)
     z_rescaled = z / _bcast(alpha.to(z.dtype), z)
     logits = -0.5 * (z_rescaled[..., None] - x_levels) ** 2 * _bcast(torch.exp(-g).to(z.dtype), z)[..., None]
     logp = torch.log_softmax(logits, dim=-1).gather(-1, k[..., None]).squeeze(-1)
     return logp.flatten(1).sum(1)
 
 
-def prior_kl(x: torch.Tensor, g_T: torch.Tensor) -> torch.Tensor:
-    """KL(q(z_T | x) || N(0, I)) per sample: 0.5 sum(sigma_T^2 + alpha_T^2 x^2 - 1 - log sigma_T^2)."""
-    alpha2, sigma2 = torch.sigmoid(-g_T), torch.sigmoid(g_T)
+def prior_kl(x: torch.Tensor, alpha2: torch.Tensor, sigma2: torch.Tensor, prior_std: float = 1.0) -> torch.Tensor:
+    """KL(q(z_T | x) || N(0, s^2 I)) per sample: 0.5 sum((sigma_T^2 + alpha_T^2 x^2) / s^2 - 1 - log(sigma_T^2 / s^2))."""
+    var = prior_std**2
     flat = x.flatten(1).to(torch.float64)
-    return 0.5 * (sigma2 + alpha2 * flat**2 - 1.0 - torch.log(sigma2)).sum(1).to(x.dtype)
+    return 0.5 * ((sigma2 + alpha2 * flat**2) / var - 1.0 - torch.log(sigma2 / var)).sum(1).to(x.dtype)
 
 
 def standard_normal_logprob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) per sample (score_sde's VP prior)."""
     flat = z.flatten(1)
     return -0.5 * flat.shape[1] * math.log(2 * math.pi) - 0.5 * (flat**2).sum(1)
+
+
+def prior_logprob(z: torch.Tensor, prior_std: float) -> torch.Tensor:
+    """log N(z; 0, s^2 I) per sample, the schedule's x_T distribution (s = prior_std: VP 1, EDM sigma_max, flow T)."""
+    return standard_normal_logprob(z / prior_std) - z[0].numel() * math.log(prior_std)
 
 
 def eps_divergence(model, x: torch.Tensor, t, probes: torch.Tensor | None = None):
@@ -168,15 +212,23 @@ def eps_divergence(model, x: torch.Tensor, t, probes: torch.Tensor | None = None
     return e.detach(), div.detach()
 
 
-def _flow(model, x, t, c_x, c_eps, probes):
-    """(dx/ds, div dx/ds) for dx/ds = c_x x + c_eps eps_hat(x, t): one NFE."""
-    e, div_e = eps_divergence(model, x, t, probes)
+def _flow(model, x, t, c_x, c_eps, probes, scale=None):
+    """(dx/ds, div dx/ds) for dx/ds = c_x x + c_eps eps_hat(k x, t), k = ``scale`` (None: 1): one NFE."""
+    if scale is None:
+        e, div_e = eps_divergence(model, x, t, probes)
+    else:
+        e, div_e = eps_divergence(model, scale * x, t, probes)
+        div_e = scale * div_e                                             # d eps_hat / dx = k (d eps_hat / d(kx))
     return c_x * x + c_eps * e, c_x * x[0].numel() + c_eps * div_e
 
 
 # -- ODE solvers of the augmented state (x, int div) ---------------------------------------------------
 def _solve_fixed(model, x, steps, tableau, grid, t_eps, probes):
-    """Explicit RK in lambda over a registered time grid (t_eps -> T), NFE = steps * stages; returns (x_T, int div)."""
+    """Explicit RK in lambda over a registered time grid (t_eps -> T), NFE = steps * stages; returns (x_T, int div).
+
+    The state is the VP-scaled y = x / k (``log_vp_scale``): dy/dlambda = sigma_vp^2 y - sigma_vp eps_hat with
+    sigma_vp^2 = 1 / (1 + e^{2 lambda}), the same ODE and steps on every family (VP: y = x, as score_sde).
+    """
     sch = model.schedule
     c, a, b = tableau
     ts = grids.time_grid(sch, grid, steps, t_end=t_eps).flip(0)          # t_eps ... T
@@ -187,44 +239,61 @@ def _solve_fixed(model, x, steps, tableau, grid, t_eps, probes):
     t_stage[:, 0] = ts[:-1]                                               # exact grid points where c = 0
     if c[-1] == 1.0:
         t_stage[:, -1] = ts[1:]
-    sig2 = torch.sigmoid(-2.0 * lam_stage)                                # sigma^2 = 1 / (1 + e^{2 lambda})
+    sig2 = torch.sigmoid(-2.0 * lam_stage)                                # sigma_vp^2 = 1 / (1 + e^{2 lambda})
+    log_k = log_vp_scale(sch, ts, lam)
+    scale = None if log_k is None else on_state(x, torch.exp(log_vp_scale(sch, t_stage, lam_stage)))[0]
     h, t_stage, sig2, sig = on_state(x, h, t_stage, sig2, sig2.sqrt())
+    y = x if log_k is None else x / on_state(x, torch.exp(log_k[0]))[0]
     delta = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for i in range(steps):
         ks = []
         for j in range(len(c)):
-            xj = x
+            yj = y
             for l, a_jl in enumerate(a[j]):
                 if a_jl:
-                    xj = xj + (h[i] * a_jl) * ks[l][0]
-            # dx/dlambda = sigma^2 x - sigma eps_hat; d(int div)/dlambda = D sigma^2 - sigma div eps_hat.
-            ks.append(_flow(model, xj, t_stage[i, j], sig2[i, j], -sig[i, j], probes))
-        x = x + h[i] * sum(b_j * k[0] for b_j, k in zip(b, ks))
+                    yj = yj + (h[i] * a_jl) * ks[l][0]
+            # dy/dlambda = sigma^2 y - sigma eps_hat; d(int div)/dlambda = D sigma^2 - sigma div_y eps_hat.
+            ks.append(_flow(model, yj, t_stage[i, j], sig2[i, j], -sig[i, j], probes,
+                            None if scale is None else scale[i, j]))
+        y = y + h[i] * sum(b_j * k[0] for b_j, k in zip(b, ks))
         delta = delta + h[i] * sum(b_j * k[1] for b_j, k in zip(b, ks))
-    return x, delta
+    return _to_x(x, y, delta, log_k)
+
+
+def _to_x(x, y_T, delta, log_k):
+    """(x_T, int div of the x-ODE) from the VP-scaled solution: x_T = k_T y_T, and log p moves by D log(k_T / k_eps)."""
+    if log_k is None:
+        return y_T, delta
+    k_T, dlog = on_state(x, torch.exp(log_k[-1]), log_k[-1] - log_k[0])
+    return k_T * y_T, delta + x[0].numel() * dlog
 
 
 def _solve_adaptive(model, x, space, t_eps, rtol, atol, probes):
-    """dopri5 (torchdiffeq) on the augmented state, in lambda or in t; steps shared by the batch."""
+    """dopri5 (torchdiffeq) on the augmented state, in lambda (the VP-scaled state, as ``_solve_fixed``) or x in t;
+    steps shared by the batch."""
     sch = model.schedule
     dev = x.device
 
-    def in_lambda(lam, y):
+    def in_lambda(lam, state):
         s2 = torch.sigmoid(-2.0 * lam).to(x.dtype)
-        return _flow(model, y[0], sch.inverse_lambda(lam), s2, -s2.sqrt(), probes)
+        t = sch.inverse_lambda(lam)
+        log_k = log_vp_scale(sch, t, lam)
+        return _flow(model, state[0], t, s2, -s2.sqrt(), probes, None if log_k is None else torch.exp(log_k).to(x.dtype))
 
-    def in_t(t, y):
+    def in_t(t, state):
         f, g2 = sch.drift_diffusion(t)  # dx/dt = f x + g^2 eps_hat / (2 sigma): the schedule's ode_velocity
-        return _flow(model, y[0], t, f.to(x.dtype), (0.5 * g2 / sch.sigma(t)).to(x.dtype), probes)
+        return _flow(model, state[0], t, f.to(x.dtype), (0.5 * g2 / sch.sigma(t)).to(x.dtype), probes)
 
     from torchdiffeq import odeint  # imports scipy (0.4-0.7 s): only when an adaptive likelihood is solved
 
     t0, t1 = torch.tensor(t_eps, dtype=torch.float64), torch.tensor(sch.T, dtype=torch.float64)
     ends = torch.stack([sch.lambda_(t0), sch.lambda_(t1)]) if space == "lambda" else torch.stack([t0, t1])
-    y0 = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=dev))
-    x_T, delta = odeint(in_lambda if space == "lambda" else in_t, y0, ends.to(dev), method="dopri5",
+    log_k = log_vp_scale(sch, torch.stack([t0, t1]), ends) if space == "lambda" else None
+    y0 = (x if log_k is None else x / on_state(x, torch.exp(log_k[0]))[0],
+          torch.zeros(x.shape[0], dtype=x.dtype, device=dev))
+    y_T, delta = odeint(in_lambda if space == "lambda" else in_t, y0, ends.to(dev), method="dopri5",
                         rtol=rtol, atol=atol)
-    return x_T[-1], delta[-1]
+    return _to_x(x, y_T[-1], delta[-1], log_k)
 
 
 # -- the estimators -------------------------------------------------------------------------------------
@@ -234,11 +303,15 @@ def _draws(seed, indices, shape, stream, n, x) -> torch.Tensor:
     return torch.stack([noise.randn() for _ in range(n)])
 
 
-def _check_t_eps(schedule, t_eps, who):
-    """ValueError unless 0 <= t_eps < T with a finite log SNR at t_eps (t_eps = 0 only for schedules with sigma_0 > 0)."""
+def _check_t_eps(schedule, t_eps, who) -> float:
+    """t_eps on this schedule (None: its sampling end t_end); ValueError unless 0 <= t_eps < T with a finite log SNR
+    there (t_eps = 0 only for schedules with sigma_0 > 0)."""
+    if t_eps is None:
+        return float(schedule.t_end)
     if not t_eps < schedule.T or not math.isfinite(float(schedule.lambda_(torch.tensor(t_eps, dtype=torch.float64)))):
         raise ValueError(f"{who}: t_eps={t_eps} needs t_eps < T={schedule.T} and a finite log SNR there "
-                         f"(sigma > 0); allowed for {schedule!r}: (0, {schedule.T})")
+                         f"(sigma > 0); allowed for {schedule!r}: (0, {schedule.T}) or None (its end, {schedule.t_end})")
+    return t_eps
 
 
 def _check_data(model, x, indices, levels, data_range, who):
@@ -259,7 +332,7 @@ def ode_likelihood(model, x, nfe, *, seed, indices, levels, data_range, solver, 
     who = f"ode_{solver}"
     k = _check_data(model, x, indices, levels, data_range, who)
     sch = model.schedule
-    _check_t_eps(sch, t_eps, who)
+    t_eps = _check_t_eps(sch, t_eps, who)
     if truncation == "discrete" and (levels is None or dequantization != "none"):
         raise ValueError(f"{who}: truncation='discrete' needs discrete data (levels) and dequantization='none'")
     dim, R, B, shape = x[0].numel(), n_dequant, x.shape[0], tuple(x.shape[1:])
@@ -275,7 +348,7 @@ def ode_likelihood(model, x, nfe, *, seed, indices, levels, data_range, solver, 
     log_trunc = torch.zeros(R * B, dtype=x.dtype, device=x.device)
     if truncation != "none":
         g_eps = gamma(sch, torch.tensor(t_eps, dtype=torch.float64)).to(x.device)
-        alpha, sigma = _alpha_sigma(g_eps)
+        alpha, sigma = _marginal(sch, t_eps, g_eps)
         n = _draws(seed, indices, shape, STREAM_TRUNCATION, R, x).to(x.dtype).reshape(R * B, *shape)
         x_data = x_rep
         x_rep = alpha.to(x.dtype) * x_data + sigma.to(x.dtype) * n  # x_eps ~ q(x_eps | x)
@@ -286,7 +359,7 @@ def ode_likelihood(model, x, nfe, *, seed, indices, levels, data_range, solver, 
             log_q = -0.5 * dim * math.log(2 * math.pi) - dim * torch.log(sigma).to(x.dtype) \
                 - 0.5 * (n.flatten(1) ** 2).sum(1)
             log_dec = discrete_decoder_logprob(k.expand(R, *k.shape).reshape(R * B, *shape), x_rep, g_eps,
-                                               levels, data_range)
+                                               levels, data_range, alpha)
             log_trunc = log_dec - log_q
     probes = None
     if divergence == "hutchinson":
@@ -298,7 +371,7 @@ def ode_likelihood(model, x, nfe, *, seed, indices, levels, data_range, solver, 
     else:
         x_T, delta = _solve_fixed(model, x_rep, nfe // len(FIXED_STEP_TABLEAUS[solver][0]),
                                   FIXED_STEP_TABLEAUS[solver], grid, t_eps, probes)
-    terms = {"ode_prior_bpd": -standard_normal_logprob(x_T), "ode_flow_bpd": -delta,
+    terms = {"ode_prior_bpd": -prior_logprob(x_T, sch.prior_std), "ode_flow_bpd": -delta,
              "ode_truncation_bpd": -log_trunc}
     nats = {key: v.reshape(R, B).mean(0) for key, v in terms.items()}
     nll = sum(nats.values())
@@ -318,7 +391,7 @@ def vdm_bound(model, x, nfe, *, seed, indices, levels, data_range, kind, t_eps, 
     who = f"vlb_{kind}"
     k = _check_data(model, x, indices, levels, data_range, who)
     sch = model.schedule
-    _check_t_eps(sch, t_eps, who)
+    t_eps = _check_t_eps(sch, t_eps, who)
     dim, B, shape, dev = x[0].numel(), x.shape[0], tuple(x.shape[1:]), x.device
     g0_host, gT_host = (float(gamma(sch, torch.tensor(v, dtype=torch.float64))) for v in (t_eps, sch.T))
     g0, gT = (torch.full((), g, dtype=torch.float64, device=dev) for g in (g0_host, gT_host))
@@ -326,10 +399,10 @@ def vdm_bound(model, x, nfe, *, seed, indices, levels, data_range, kind, t_eps, 
     if levels is None:
         recon = torch.full((B,), 0.5 * dim * (math.log(2 * math.pi) + g0_host + 1.0), dtype=x.dtype, device=dev)
     else:
-        a0, s0 = _alpha_sigma(g0)
+        a0, s0 = _marginal(sch, t_eps, g0)
         z0 = a0.to(x.dtype) * x + s0.to(x.dtype) * _draws(seed, indices, shape, STREAM_VLB_RECON, 1, x)[0].to(x.dtype)
-        recon = -discrete_decoder_logprob(k, z0, g0, levels, data_range)
-    prior = prior_kl(x, gT)
+        recon = -discrete_decoder_logprob(k, z0, g0, levels, data_range, a0)
+    prior = prior_kl(x, *_marginal_variances(sch, sch.T, gT), sch.prior_std)
     noise = SampleNoise(seed, indices, shape, stream=STREAM_VLB_EPS, dtype=x.dtype, device=dev)
     diffusion = torch.zeros(B, dtype=x.dtype, device=dev)
     with torch.no_grad():
@@ -345,14 +418,14 @@ def vdm_bound(model, x, nfe, *, seed, indices, levels, data_range, kind, t_eps, 
                 else:
                     t_k = t_eps + (sch.T - t_eps) * u_k
                     g_k, w = gamma(sch, t_k), (sch.T - t_eps) * gamma_prime(sch, t_k)
-                a, s = (_bcast(v.to(x.dtype), x) for v in _alpha_sigma(g_k))
+                a, s = (_bcast(v.to(x.dtype), x) for v in _marginal(sch, t_k, g_k))
                 e = noise.randn()
                 err = ((e - model.eps(a * x + s * e, t_k)) ** 2).flatten(1).sum(1)
                 diffusion = diffusion + (0.5 * w.to(x.dtype) / nfe) * err
         else:
             ts = grids.time_grid(sch, grid, nfe, t_end=t_eps).flip(0)         # s_0 = t_eps < ... < s_T = T
             g = gamma(sch, ts)
-            ts, weight, alpha, sigma = on_state(x, ts, 0.5 * torch.expm1(g[1:] - g[:-1]), *_alpha_sigma(g))
+            ts, weight, alpha, sigma = on_state(x, ts, 0.5 * torch.expm1(g[1:] - g[:-1]), *_marginal(sch, ts, g))
             for i in range(nfe):
                 # 0.5 (SNR(s) - SNR(t)) ||x - x_hat||^2 = 0.5 expm1(gamma_t - gamma_s) ||eps - eps_hat(z_t)||^2.
                 e = noise.randn()
@@ -419,7 +492,7 @@ def register_estimator(name: str, fn: Callable, *, defaults: Mapping[str, Any], 
     choices, bounds = dict(choices or {}), dict(bounds or {})
     if not name or any(ch.isspace() for ch in name) or name in _ESTIMATORS:
         raise ValueError(f"estimator name {name!r} is invalid or already registered")
-    numeric = {k for k, v in defaults.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numeric = {k for k, v in defaults.items() if v is None or isinstance(v, (int, float)) and not isinstance(v, bool)}
     if (set(choices) | set(bounds)) - set(defaults) or numeric - set(choices) - set(bounds):
         raise ValueError(f"estimator {name!r}: every choice/bound needs an option, every numeric option a bound")
     spec = EstimatorSpec(name, fn, MappingProxyType(dict(defaults)), MappingProxyType(choices),
@@ -433,6 +506,12 @@ def _check_option(spec: EstimatorSpec, key: str, value):
     if key not in spec.defaults:
         raise ValueError(f"estimator {spec.name!r} has no option {key!r}; allowed: {sorted(spec.defaults)}")
     default = spec.defaults[key]
+    if default is None:  # an optional number (t_eps: None is the schedule's own end)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"estimator {spec.name!r}: option {key}={value!r} must be a number or None")
+        default = 0.0
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value) if abs(value) < 2**53 else math.inf
     if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and value.is_integer():
@@ -515,7 +594,7 @@ def available_estimators() -> list[str]:
     return sorted(_ESTIMATORS)
 
 
-T_EPS_RANGE = Interval(0.0, grids.T_MAX, "left")  # 0 only where sigma_0 > 0 (checked per schedule)
+T_EPS_RANGE = Interval(0.0, None, "left")  # below the schedule's T, and 0 only where sigma_0 > 0 (checked per schedule)
 _ODE_DEFAULTS = {"divergence": "hutchinson", "probe": "rademacher", "n_probes": 1, "n_dequant": 1,
                  "dequantization": "uniform", "truncation": "none", "t_eps": T_EPS}
 _ODE_CHOICES = {"divergence": ("hutchinson", "exact"), "probe": ("rademacher", "gaussian"),
@@ -526,20 +605,21 @@ register_estimator("ode_dopri5", partial(ode_likelihood, solver="dopri5"),
                    defaults={**_ODE_DEFAULTS, "rtol": ODE_RTOL, "atol": ODE_ATOL, "space": "lambda"},
                    choices={**_ODE_CHOICES, "space": ("lambda", "t")},
                    bounds={**_ODE_BOUNDS, "rtol": Interval(0.0, None, "neither"), "atol": Interval(0.0, None, "neither")},
-                   validate=_check_ode, adaptive=True,
+                   validate=_check_ode, adaptive=True, families=FAMILIES,
                    description="PF-ODE log-likelihood, dopri5 (torchdiffeq) at rtol/atol; NFE = function evaluations")
 for _solver in ("euler", "heun", "rk4"):
     register_estimator(f"ode_{_solver}", partial(ode_likelihood, solver=_solver),
                        defaults={**_ODE_DEFAULTS, "grid": "logSNR"},
                        choices={**_ODE_CHOICES, "grid": tuple(grids.available())}, bounds=_ODE_BOUNDS,
                        check_nfe=_any_nfe if _solver == "euler" else _stages_nfe(_solver), validate=_check_ode,
+                       families=FAMILIES,
                        description=f"PF-ODE log-likelihood, fixed-step {_solver} in lambda "
                                    f"({len(FIXED_STEP_TABLEAUS[_solver][0])} NFE per step)")
 register_estimator("vlb_continuous", partial(vdm_bound, kind="continuous"),
                    defaults={"t_eps": T_EPS, "time_sampling": "logSNR"},
-                   choices={"time_sampling": ("logSNR", "time_uniform")}, bounds={"t_eps": T_EPS_RANGE},
+                   choices={"time_sampling": ("logSNR", "time_uniform")}, bounds={"t_eps": T_EPS_RANGE}, families=FAMILIES,
                    description="VDM continuous-time bound; NFE = stratified time samples per data point")
 register_estimator("vlb_discrete", partial(vdm_bound, kind="discrete"),
                    defaults={"t_eps": T_EPS, "grid": "logSNR"},
-                   choices={"grid": tuple(grids.available())}, bounds={"t_eps": T_EPS_RANGE},
+                   choices={"grid": tuple(grids.available())}, bounds={"t_eps": T_EPS_RANGE}, families=FAMILIES,
                    description="VDM discrete-time bound with T = NFE steps on a time grid; every step evaluated once")

@@ -19,11 +19,11 @@ NLL_COLUMNS = {
     "nll_bpd_se": "standard error of nll_bpd over data: std (ddof 1) / sqrt(n) of per-sample values that already "
                   "average their probes and dequantisation draws, so it includes their noise",
     "nll_n": "number of data samples the estimate averages",
-    "ode_prior_bpd": "ODE: mean -log N(x_T; 0, I) / (D ln 2)",
+    "ode_prior_bpd": "ODE: mean -log N(x_T; 0, s^2 I) / (D ln 2), s = prior_std (VP 1, EDM sigma_max, flow T)",
     "ode_flow_bpd": "ODE: mean -int_{t_eps}^{T} div v dt / (D ln 2) (the change of variables)",
     "ode_truncation_bpd": "ODE: mean of the truncation term at t_eps / (D ln 2) (0 for truncation='none')",
     "vlb_recon_bpd": "VLB: mean reconstruction term -log p(x | z_{t_eps}) / (D ln 2)",
-    "vlb_prior_bpd": "VLB: mean KL(q(z_T | x) || N(0, I)) / (D ln 2)",
+    "vlb_prior_bpd": "VLB: mean KL(q(z_T | x) || N(0, s^2 I)) / (D ln 2), s the schedule's prior_std",
     "vlb_diffusion_bpd": "VLB: mean diffusion term / (D ln 2)",
 }
 PER_SAMPLE_KEYS = ("nll_nats", "nll_bpd") + ODE_TERMS + VLB_TERMS
