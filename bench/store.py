@@ -104,6 +104,12 @@ class ResultsStore:
                 raise ValueError(f"{path} should be a {kind} of the results store; move it out of {self.dir} "
                                  f"(or use another --results folder)")
             entries[path] = kind
+        for folder in (self.cells, self.dir / SAMPLES_DIR):  # one plain file per cell in each
+            if folder in entries:
+                odd = next((e for e in os.scandir(folder) if not e.is_file(follow_symlinks=False)), None)
+                if odd is not None:
+                    raise ValueError(f"{odd.path} is not a plain file (each entry of {folder} is one cell's); move it "
+                                     f"out of {self.dir}")
         return entries
 
     def _check_writable(self, entries: dict[Path, str]) -> None:

@@ -47,6 +47,7 @@ MAX_SAMPLE_SIDE = 1024     # sample_size, per side
 MAX_CHANNELS = 64          # in_channels
 MAX_BLOCK_CHANNELS = 4096  # each of block_out_channels
 MAX_BLOCKS = 8             # len(block_out_channels), layers_per_block
+MAX_TRAIN_TIMESTEPS = 100_000  # the scheduler config's num_train_timesteps (the length of its betas)
 _ALLOW_LARGE = contextvars.ContextVar("allow_large", default=False)
 
 
@@ -188,6 +189,10 @@ def _betas(path: Path, config: dict) -> torch.Tensor:
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
         raise ValueError(f"{path}: prediction_type {prediction!r} not supported; allowed: {list(PREDICTIONS)}")
+    steps = config.get("num_train_timesteps", 1000)
+    if isinstance(steps, int) and steps > MAX_TRAIN_TIMESTEPS and not _ALLOW_LARGE.get():
+        raise ValueError(f"{path}: num_train_timesteps {steps} exceeds the cap of {MAX_TRAIN_TIMESTEPS}; pass "
+                         f"--allow-large to load it")
     try:
         betas = getattr(diffusers, cls).from_config(config).betas.to(torch.float64)
     except Exception as e:  # noqa: BLE001 -- any config diffusers cannot build from is the user's file

@@ -82,6 +82,15 @@ def _entry(t, stored, name, kind) -> Path:
     return r
 
 
+def _odd_entry(t, stored, folder) -> Path:
+    """A stored results folder where one cell's entry of ``folder`` is a folder."""
+    r = _copy(t, stored)
+    entry = next((r / folder).iterdir())
+    entry.unlink()
+    entry.mkdir()
+    return r
+
+
 def _hub(t: Path, *, unet: dict | None = None, scheduler: dict | None = None, weights: bool = False) -> str:
     """A flat diffusers folder: configs only unless ``weights`` (a tiny random UNet saved as safetensors)."""
     folder = t / "hub"
@@ -171,6 +180,9 @@ CASES = [
     ("sizes above their caps", "hub block channels above the cap",
      lambda t, s, mp: [*RUN, "--checkpoint", _hub(t, unet={"block_out_channels": [8, 10**7]}), "--results", f"{t}/r"],
      ["block_out_channels", "--allow-large"]),
+    ("sizes above their caps", "hub num_train_timesteps above the cap",
+     lambda t, s, mp: [*RUN, "--checkpoint", _hub(t, scheduler={"num_train_timesteps": 10**10}), "--results", f"{t}/r"],
+     ["num_train_timesteps", "--allow-large"]),
     # 3. the results folder's own entries
     ("results folder's own entries", "lock is a folder", lambda t, s, mp: [*RUN, "--results", str(_entry(t, s, ".lock", "folder"))],
      [".lock", "should be a file"]),
@@ -183,6 +195,10 @@ CASES = [
      ["samples", "should be a folder"]),
     ("results folder's own entries", "markers folder a dangling link",
      lambda t, s, mp: [*RUN, "--results", str(_entry(t, s, ".cells", "link"))], [".cells", "move it out"]),
+    ("results folder's own entries", "a marker that is a folder",
+     lambda t, s, mp: [*RUN, "--results", str(_odd_entry(t, s, ".cells"))], ["not a plain file"]),
+    ("results folder's own entries", "a kept-samples entry that is a folder",
+     lambda t, s, mp: [*RUN, "--results", str(_odd_entry(t, s, "samples"))], ["samples", "not a plain file"]),
     ("results folder's own entries", "dataset a dangling link",
      lambda t, s, mp: [*RUN, "--results", str(_entry(t, s, "results.parquet", "link"))], ["results.parquet"]),
     ("results folder's own entries", "compact with the lock a folder",
@@ -287,6 +303,7 @@ def test_hostile_input_is_one_line_exit_2_and_changes_nothing(klass, case, argv,
 
 def test_the_table_covers_nine_classes_with_40_cases():
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == 9
+    assert f"`tests/test_hostile_inputs.py` ({len(CASES)} in all)" in (ROOT / "README.md").read_text()
 
 
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
