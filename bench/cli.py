@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--guidance", type=float, nargs="+", default=None, metavar="SCALE",
                    help="classifier-free guidance scales, e.g. 1 2 4 8 (a conditional checkpoint such as digits-cond; "
                         "0: unconditional, 1: conditional; default: unguided sampling)")
+    r.add_argument("--fid-ref", default=None, metavar="PATH",
+                   help="FID reference set for every checkpoint: a folder of images, an .npz of uint8 images or an "
+                        ".npz of statistics (mu, sigma; EDM's fid.py ref, clean-fid); never unpickled")
+    r.add_argument("--fid-extractor", default="auto", choices=("auto", "digits-classifier", "inception-v3-compat"),
+                   help="feature extractor for --fid-ref (default: auto, the digits classifier for 1x8x8 grayscale, "
+                        "Inception otherwise; statistics: by their dimension)")
     r.add_argument("--n-samples", type=int, default=None,
                    help="samples per cell (default: the checkpoint's, see `bench list`)")
     r.add_argument("--nll-samples", type=int, default=DEFAULT_NLL_SAMPLES,
@@ -213,11 +219,11 @@ def main(argv=None) -> int:
         print(INTERRUPTED, file=sys.stderr)
         return 130
     except ValueError as exc:  # bad input: a clear message, nothing written
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc, limit=None)}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except OSError as exc:  # disk full, permissions changed mid-run: the stored rows are intact
         from .store import StoreWriteError
         if not isinstance(exc, StoreWriteError):
             raise
-        print(f"error: {one_line(exc)}", file=sys.stderr)  # disk full, permissions changed mid-run: rows intact
+        print(f"error: {one_line(exc, limit=None)}", file=sys.stderr)
         return 1

@@ -34,12 +34,13 @@ THIRD_PARTY_LOGGERS = ("diffusers", "accelerate", "transformers", "huggingface_h
 INERT_OPTIONS = {("divergence", "exact"): ("n_probes", "probe")}
 
 
-def one_line(text, limit: int = MESSAGE_MAX_CHARS) -> str:
-    """``text`` (or an exception, as "Type: message") on one line: lines joined, cut at ``limit`` characters."""
+def one_line(text, limit: int | None = MESSAGE_MAX_CHARS) -> str:
+    """``text`` on one line: its lines joined, cut at ``limit`` characters (None: not cut). An exception reads
+    "Type: message", a ValueError (a refusal, ours or a library's) its message alone."""
     if isinstance(text, BaseException):
-        text = f"{type(text).__name__}: {text}" if not isinstance(text, ValueError) else str(text)
+        text = str(text) if isinstance(text, ValueError) else f"{type(text).__name__}: {text}"
     flat = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
-    return flat if len(flat) <= limit else flat[: limit - 4].rstrip() + " ..."
+    return flat if limit is None or len(flat) <= limit else flat[: limit - 4].rstrip() + " ..."
 
 
 def check_size(flag: str, value: int, cap: int, allow_large: bool) -> None:
@@ -143,7 +144,8 @@ def captured_native_stderr():
 
 
 # -- folders -----------------------------------------------------------------------------------------------------
-def _existing_ancestor(path: Path) -> Path:
+def existing_ancestor(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor (absolute)."""
     path = Path(os.path.abspath(path))
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -171,7 +173,7 @@ def check_output_folder(path, what: str) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {path} is a file; give a folder (it is created if missing)")
-    anc = _existing_ancestor(path)
+    anc = existing_ancestor(path)
     if not anc.is_dir():
         raise ValueError(f"{what} {path} is not writable ({anc} is a file)")
     reason = probe_writable(anc)
@@ -374,11 +376,33 @@ def plan_run(args) -> RunPlan:
     for ck in checkpoints.values():
         for m in methods:
             dry_run(ck, m, sorted(set(args.nfe)), args.nll_samples, args.state_dtype, device)
+    fid_ref = check_fid_reference(getattr(args, "fid_ref", None), getattr(args, "fid_extractor", "auto"), checkpoints)
     cells = shard_cells([c for name in checkpoints for c in make_cells(
         [name], methods, args.nfe, args.seeds, args.n_samples or _default_n(name), state_dtype=args.state_dtype,
-        net_dtype=args.net_dtype, n_likelihood=args.nll_samples, guidance=args.guidance)], shard)
+        net_dtype=args.net_dtype, n_likelihood=args.nll_samples, guidance=args.guidance, fid_ref=fid_ref)], shard)
     ResultsStore(args.results).check()
     return RunPlan(cells, checkpoints, device, world)
+
+
+def check_fid_reference(path, extractor: str, checkpoints: dict):
+    """``--fid-ref``: the reference set read once (images streamed), validated and named by its content hash
+    (``bench.metrics.reference_sets``), and every checkpoint's samples comparable with it; None without one."""
+    if path is None:
+        if extractor not in (None, "auto"):
+            raise ValueError(f"--fid-extractor {extractor}: needs --fid-ref (the extractor of a checkpoint's own "
+                             f"reference follows its data)")
+        return None
+    from .metrics.features import INCEPTION, INCEPTION_ENV
+    from .metrics.reference_sets import check_checkpoint, open_reference
+
+    ref = open_reference(path, extractor or "auto")
+    for ck in checkpoints.values():
+        check_checkpoint(ref, ck)
+    weights = os.environ.get(INCEPTION_ENV)
+    if ref.extractor == INCEPTION and weights and not Path(weights).is_file():
+        raise ValueError(f"--fid-ref {path}: read with {INCEPTION}, whose weights {INCEPTION_ENV}={weights} do not "
+                         f"exist")
+    return ref
 
 
 def _default_n(name: str) -> int:

@@ -387,9 +387,9 @@ def staging_folder(out_dir: Path) -> Path:
     """A hidden folder of this process on the same file system as ``out_dir`` (in it, or in its nearest existing
     ancestor): a report is rendered there whole, then moved into ``out_dir``, so a failure leaves nothing behind."""
     from .atomic import HOST
-    from .preflight import _existing_ancestor
+    from .preflight import existing_ancestor
 
-    return _existing_ancestor(out_dir) / f".report.{HOST}.{os.getpid()}.staging"
+    return existing_ancestor(out_dir) / f".report.{HOST}.{os.getpid()}.staging"
 
 
 def _publish(stage: Path, out_dir: Path, staged: list[Path]) -> list[Path]:
