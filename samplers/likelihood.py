@@ -291,8 +291,11 @@ def _solve_adaptive(model, x, space, t_eps, rtol, atol, probes):
     log_k = log_vp_scale(sch, torch.stack([t0, t1]), ends) if space == "lambda" else None
     y0 = (x if log_k is None else x / on_state(x, torch.exp(log_k[0]))[0],
           torch.zeros(x.shape[0], dtype=x.dtype, device=dev))
+    # dopri5 may step past T and interpolate back; a flow's schedule ends at t = 1, so in t its last step lands on T
+    # (VP keeps score_sde's free steps; in lambda every family takes VP's).
+    options = {"step_t": ends[-1:]} if space == "t" and not isinstance(sch, VPSchedule) else None
     y_T, delta = odeint(in_lambda if space == "lambda" else in_t, y0, ends.to(dev), method="dopri5",
-                        rtol=rtol, atol=atol)
+                        rtol=rtol, atol=atol, options=options)
     return _to_x(x, y_T[-1], delta[-1], log_k)
 
 

@@ -183,3 +183,27 @@ def test_truncation_none_reads_each_familys_own_density_at_the_data(same_lambda)
     flow_scaled = _est(models["flow"], "ode_rk4", a_eps * x, 16, divergence="exact")["nll_nats"]
     assert float((flow - edm).abs().max()) > 1e-4
     assert torch.allclose(flow_scaled - x.shape[1] * math.log(a_eps), edm, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", ["edm", "flow"])
+def test_adaptive_in_lambda_and_in_t_agree(family):
+    """space='t' solves x by the schedule's drift and diffusion (no VP identity), space='lambda' the VP-scaled y."""
+    ck = pretrained.load(f"gmm-2d-{family}")
+    x = ck.real_data(8, 5)
+    a, b = (_est(ck.model, "ode_dopri5", x, None, divergence="exact", rtol=1e-8, atol=1e-8, space=space)["nll_nats"]
+            for space in ("lambda", "t"))
+    assert float((a - b).abs().max()) < 1e-4
+
+
+def test_the_sweep_writes_ok_rows_near_the_exact_nll_on_every_family(tmp_path):
+    from bench.cli import main
+    from bench.store import ResultsStore
+
+    exact = "nll:ode_dopri5,divergence=exact,rtol=1e-6,atol=1e-6"
+    assert main(["run", "--checkpoint", "gmm-2d-edm", "gmm-2d-flow", "--nfe", "8", "--seeds", "0", "--quiet",
+                 "--nll-samples", "24", "--sampler", exact, "nll:ode_heun", "nll:vlb_continuous",
+                 "--results", str(tmp_path)]) == 0
+    df = ResultsStore(tmp_path).read()
+    assert len(df) == 6 and (df["status"] == "ok").all() and df["nll_exact_bpd"].notna().all()
+    adaptive = df[df["sampler"] == "nll:ode_dopri5"]
+    assert ((adaptive["nll_bpd"] - adaptive["nll_exact_bpd"]).abs() < 2e-3).all()
