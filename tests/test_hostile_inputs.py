@@ -82,6 +82,11 @@ def _entry(t, stored, name, kind) -> Path:
     return r
 
 
+def _read_only(mp):
+    """Every folder answers as on a read-only file system (the tests run as root, where chmod does not bite)."""
+    mp.setattr(bench.preflight, "probe_writable", lambda folder: "Read-only file system")
+
+
 def _odd_entry(t, stored, folder) -> Path:
     """A stored results folder where one cell's entry of ``folder`` is a folder."""
     r = _copy(t, stored)
@@ -201,6 +206,8 @@ CASES = [
      lambda t, s, mp: [*RUN, "--results", str(_odd_entry(t, s, "samples"))], ["samples", "not a plain file"]),
     ("results folder's own entries", "dataset a dangling link",
      lambda t, s, mp: [*RUN, "--results", str(_entry(t, s, "results.parquet", "link"))], ["results.parquet"]),
+    ("results folder's own entries", "run on a read-only results folder",
+     lambda t, s, mp: (_read_only(mp), [*RUN, "--results", str(_copy(t, s))])[1], ["not writable"]),
     ("results folder's own entries", "compact with the lock a folder",
      lambda t, s, mp: ["compact", "--results", str(_entry(t, s, ".lock", "folder"))], [".lock"]),
     # 4. report, baseline, compact outputs
@@ -215,6 +222,13 @@ CASES = [
                                                                  f"{t}/r/cache"], ["is a folder"]),
     ("report, baseline and compact outputs", "baseline --out under a file", lambda t, s, mp: ["baseline", "--results", str(_copy(t, s)), "--out",
                                                                   f"{t}/r/.lock/b.csv"], [".lock", "is a file"]),
+    ("report, baseline and compact outputs", "report of a read-only results folder",
+     lambda t, s, mp: (_read_only(mp), ["report", "--results", str(_copy(t, s))])[1], ["not writable", "Read-only"]),
+    ("report, baseline and compact outputs", "compact of a read-only results folder",
+     lambda t, s, mp: (_read_only(mp), ["compact", "--results", str(_copy(t, s))])[1], ["not writable"]),
+    ("report, baseline and compact outputs", "baseline into a read-only folder",
+     lambda t, s, mp: (_read_only(mp), ["baseline", "--results", str(_copy(t, s)), "--out", f"{t}/b.csv"])[1],
+     ["baseline --out", "not writable"]),
     # 5. the distributed environment
     ("distributed environment", "WORLD_SIZE not a number", lambda t, s, mp: (_env(mp, WORLD_SIZE="two"),
                                                                  [*RUN, "--results", f"{t}/r"])[1], ["WORLD_SIZE"]),
