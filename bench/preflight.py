@@ -191,6 +191,7 @@ def check_output_file(path, what: str) -> None:
 
 # -- run ----------------------------------------------------------------------------------------------------------
 MAX_SEED = 2**63 - 1  # seeds are stored as int64
+RUN_SIZES = {"--batch-size": MAX_BATCH, "--n-samples": MAX_SAMPLES, "--nll-samples": MAX_NLL_SAMPLES}  # each >= 1
 
 
 def check_run_args(args) -> None:
@@ -201,16 +202,13 @@ def check_run_args(args) -> None:
     if args.threads < 0:
         raise ValueError(f"--threads {args.threads}: must be >= 1 (or 0 for torch's choice)")
     check_size("--threads", args.threads, MAX_THREADS, big)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
-    check_size("--batch-size", args.batch_size, MAX_BATCH, big)
-    if args.n_samples is not None:
-        if args.n_samples < 1:
-            raise ValueError(f"--n-samples {args.n_samples}: must be >= 1")
-        check_size("--n-samples", args.n_samples, MAX_SAMPLES, big)
-    if args.nll_samples < 1:
-        raise ValueError(f"--nll-samples {args.nll_samples}: must be >= 1")
-    check_size("--nll-samples", args.nll_samples, MAX_NLL_SAMPLES, big)
+    for flag, cap in RUN_SIZES.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:  # the checkpoint's default
+            continue
+        if value < 1:
+            raise ValueError(f"{flag} {value}: must be >= 1")
+        check_size(flag, value, cap, big)
     for seed in args.seeds:
         if not 0 <= seed <= MAX_SEED:
             raise ValueError(f"--seeds {seed}: seeds must be in 0..2**63-1")
@@ -353,7 +351,6 @@ class RunPlan:
     cells: list
     checkpoints: dict
     device: object
-    world_size: int
 
 
 def plan_run(args) -> RunPlan:
@@ -362,7 +359,7 @@ def plan_run(args) -> RunPlan:
     from .grid import make_cells, parse_shard, shard_cells
     from .store import ResultsStore
 
-    world = check_environment()
+    check_environment()
     check_run_args(args)
     shard = parse_shard(args.shard)
     device = resolve_device(args.device)
@@ -381,7 +378,7 @@ def plan_run(args) -> RunPlan:
         [name], methods, args.nfe, args.seeds, args.n_samples or _default_n(name), state_dtype=args.state_dtype,
         net_dtype=args.net_dtype, n_likelihood=args.nll_samples, guidance=args.guidance, fid_ref=fid_ref)], shard)
     ResultsStore(args.results).check()
-    return RunPlan(cells, checkpoints, device, world)
+    return RunPlan(cells, checkpoints, device)
 
 
 def check_fid_reference(path, extractor: str, checkpoints: dict):

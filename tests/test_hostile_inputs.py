@@ -339,7 +339,7 @@ def test_verbose_shows_the_warnings_held_back(tmp_path, capsys, monkeypatch):
 
 
 def test_allow_large_lifts_a_size_cap(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench.preflight, "MAX_SAMPLES", 4)
+    monkeypatch.setitem(bench.preflight.RUN_SIZES, "--n-samples", 4)
     assert main([*RUN, "--results", f"{tmp_path}/a"]) == 2
     assert main([*RUN, "--results", f"{tmp_path}/b", "--allow-large"]) == 0
 
