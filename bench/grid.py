@@ -128,7 +128,9 @@ class Cell:
 
     ``state_dtype`` (solver state) and ``net_dtype`` (network precision) change the numbers, so they are
     part of the cell's identity; so is ``guidance``, the classifier-free guidance scale of a conditional
-    checkpoint's cell (None: unconditional sampling, and a cell id as before guidance existed).
+    checkpoint's cell (None: unconditional sampling, and a cell id as before guidance existed), and ``fid_ref``, a
+    user's FID reference set (``bench.metrics.reference_sets.ReferenceSet``, named by its content hash; None: the
+    checkpoint's own reference, and the cell id as before).
     """
 
     checkpoint: str
@@ -139,13 +141,17 @@ class Cell:
     state_dtype: str = DEFAULT_STATE_DTYPE
     net_dtype: str = "native"
     guidance: float | None = None
+    fid_ref: object = None
 
     @property
     def key(self) -> dict:
-        return {"checkpoint": self.checkpoint, "sampler": self.sampler.name,
-                "sampler_config": canonical_config(self.sampler.config_json()), "nfe": self.nfe, "seed": self.seed,
-                "n_samples": self.n_samples, "state_dtype": self.state_dtype, "net_dtype": self.net_dtype,
-                "guidance": canonical_number(self.guidance)}
+        key = {"checkpoint": self.checkpoint, "sampler": self.sampler.name,
+               "sampler_config": canonical_config(self.sampler.config_json()), "nfe": self.nfe, "seed": self.seed,
+               "n_samples": self.n_samples, "state_dtype": self.state_dtype, "net_dtype": self.net_dtype,
+               "guidance": canonical_number(self.guidance)}
+        if self.fid_ref is not None:
+            key["fid_ref"] = self.fid_ref.key
+        return key
 
     @property
     def cell_id(self) -> str:
@@ -158,12 +164,13 @@ class Cell:
 def make_cells(checkpoints: Iterable[str], sampler_objs: Iterable, nfes: Iterable[int],
                seeds: Iterable[int], n_samples: int, *, state_dtype: str = DEFAULT_STATE_DTYPE,
                net_dtype: str = "native", n_likelihood: int = DEFAULT_NLL_SAMPLES,
-               guidance: Iterable[float] | None = None) -> list[Cell]:
+               guidance: Iterable[float] | None = None, fid_ref=None) -> list[Cell]:
     """The sweep in run order: grouped by checkpoint and seed so x_T and references are shared.
 
     A sampler's cell draws ``n_samples`` samples, once per classifier-free ``guidance`` scale if given (None:
     unconditional); a likelihood estimator's cell evaluates the first ``n_likelihood`` held-out data points
-    (unguided: it is the likelihood of the checkpoint's unconditional model).
+    (unguided: it is the likelihood of the checkpoint's unconditional model). ``fid_ref``: the sampler cells' FID
+    reference set (None: each checkpoint's own).
     """
     nfes, sampler_objs = sorted(set(nfes)), list(sampler_objs)
     for n in nfes:
@@ -187,7 +194,8 @@ def make_cells(checkpoints: Iterable[str], sampler_objs: Iterable, nfes: Iterabl
                 n = n_likelihood if isinstance(s, LikelihoodMethod) else n_samples
                 for nfe in ([None] if s.adaptive else nfes):
                     for g in [None] if isinstance(s, LikelihoodMethod) else scales:
-                        cells.append(Cell(ck, s, nfe, seed, int(n), state_dtype, net_dtype, g))
+                        ref = None if isinstance(s, LikelihoodMethod) else fid_ref
+                        cells.append(Cell(ck, s, nfe, seed, int(n), state_dtype, net_dtype, g, ref))
     return cells
 
 

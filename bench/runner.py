@@ -139,9 +139,9 @@ def generate_shard(ck, model, cell: Cell, opts: RunOptions, reference, ref_count
 
     try:
         fid = None
-        if ck.extras.get("fid"):
-            from .metrics.fid import FidAccumulator
-            fid = FidAccumulator(ck, device)
+        if cell.fid_ref is not None or ck.extras.get("fid"):
+            from .metrics.fid import FidAccumulator, reference_spec
+            fid = FidAccumulator(ck, device, spec=reference_spec(ck, cell.fid_ref))
         guided = (GuidedAccumulator(ck, labels, device)
                   if "classifier" in ck.extras or "data_range" in ck.extras else None)
         acc = CellAccumulator(ck, device, fid, guided)
@@ -262,7 +262,7 @@ def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: Resu
     try:
         if store is not None:
             store.save_samples(cell.cell_id, merged["keep"][:KEEP_SAMPLES].numpy())
-        row.update(cell_metrics(ck, merged, cache_dir=opts.cache_dir, device=opts.device))
+        row.update(cell_metrics(ck, merged, cache_dir=opts.cache_dir, device=opts.device, reference=cell.fid_ref))
     except Exception as exc:  # noqa: BLE001 -- a failed metric is the cell's error row (STYLE principle 8)
         row.update(status="error", error=f"{type(exc).__name__}: {exc}")
     return row

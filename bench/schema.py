@@ -35,6 +35,9 @@ COLUMNS: dict[str, str] = {
     "fid": "float64",
     "kid": "float64",
     "kid_std": "float64",
+    "fid_ref": "string",             # the FID reference: content hash of a --fid-ref set (fidref-...), or the checkpoint's
+    "fid_ref_n": "Int64",            # its images (<NA>: precomputed statistics that do not say)
+    "fid_extractor": "string",       # the feature extractor FID and KID used
     "nll_bpd": "float64",            # nll:* cells: mean NLL estimate of held-out data, bits/dim
     "nll_bpd_se": "float64",         # its standard error over data (probe and dequantisation noise included)
     "nll_n": "Int64",                # held-out data points it averages

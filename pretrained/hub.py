@@ -1,8 +1,18 @@
-"""diffusers-format checkpoints (UNet2DModel + scheduler config) from a local folder or a Hugging Face hub id.
+"""The ``hub:`` source: diffusers-format checkpoints (a model + scheduler config) from a local folder or a hub id.
 
-The UNet's discrete timesteps become a ``VPDiscrete`` schedule from the scheduler's betas with DPM-Solver's
-time map (``time_input="discrete"``); epsilon / sample / v_prediction map to eps / x0 / v; learned-variance
-outputs (2x channels) keep their first half. Weights load from safetensors only (no pickle).
+The model is ``UNet2DModel`` or any unconditional diffusers model class called as ``model(x, t)``; the scheduler
+config says the family (``family_of``), each read as diffusers' own pipelines feed the network:
+- VP (the schedulers with DDPM betas: DDPM, DDIM, DPM-Solver, ...): a ``VPDiscrete`` schedule from diffusers' betas,
+  the network fed discrete timesteps (DPM-Solver's time map, ``time_input="discrete"``); epsilon / sample /
+  v_prediction are eps / x0 / v.
+- flow (``FlowMatchEulerDiscreteScheduler``, ``FlowMatchHeunDiscreteScheduler``): ``FlowMatching(shift)``, the
+  network's output a velocity (eps - x0), fed the timestep sigma * num_train_timesteps as a float (as
+  FlowMatchEuler's ``timesteps`` are).
+- EDM (``EDMEulerScheduler``, ``EDMDPMSolverMultistepScheduler``): ``EDM(sigma_min, sigma_max, sigma_data)`` with
+  prediction "edm": the boundary feeds F(c_in x, c_noise) with c_noise = log(sigma) / 4, which is diffusers'
+  ``precondition_inputs`` / ``precondition_noise`` (the same c_noise as NVlabs' EDMPrecond); v_prediction flips the
+  sign of c_out in diffusers' ``precondition_outputs``, so its output is negated here.
+Learned-variance outputs (2x channels) keep their first half. Weights load from safetensors only (no pickle).
 ``inspect_folder`` checks a folder (layout, both configs, weights present) without loading the weights; every
 problem is a one-line ValueError naming the path and what was expected.
 """
@@ -11,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import inspect
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -20,20 +32,32 @@ from pathlib import Path
 import torch
 
 from samplers.model import DiffusionModel
-from samplers.schedules import VPDiscrete
+from samplers.schedules import EDM, FlowMatching, NoiseSchedule, VPDiscrete
 
+from .checkpoint import Checkpoint, CheckpointEntry, resolve_device
 from .reference import reference_ode_solution
-from .registry import Checkpoint, resolve_device
 from .weights import file_sha256, read_json_object
 
+PREFIX = "hub:"
+DEFAULT_N_SAMPLES = 1000
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 UNET_CLASS = "UNet2DModel"
+MODEL_CLASSES = "an unconditional diffusers model class called as model(x, t), such as 'UNet2DModel'"
 # diffusers schedulers whose config defines DDPM betas (diffusers' KarrasDiffusionSchedulers less EDMEuler).
 SCHEDULER_CLASSES = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
                      "EulerDiscreteScheduler", "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler",
                      "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler",
                      "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DEISMultistepScheduler",
                      "UniPCMultistepScheduler")
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
+EDM_OUTPUT_SIGN = {"epsilon": 1.0, "v_prediction": -1.0}  # the sign of c_out in diffusers' precondition_outputs
+SUPPORTED_SCHEDULERS = (f"VP (DDPM betas): {list(SCHEDULER_CLASSES)}; flow: {list(FLOW_SCHEDULERS)}; "
+                        f"EDM: {list(EDM_SCHEDULERS)}")
+# Flow options that change what the network was trained on, or make the shift depend on the image at sampling time.
+FLOW_REFUSED = {"use_dynamic_shifting": "the shift then depends on the image size at sampling time; save the config "
+                                        "with the fixed shift the model was trained for",
+                "invert_sigmas": "an inverted time axis is not the flow convention (t = 1 is noise)"}
 DEFAULT_SCHEDULER = "DDPMScheduler"  # a scheduler_config.json without _class_name
 SAFETENSORS_FILE = "diffusion_pytorch_model.safetensors"
 SAFETENSORS_INDEX = SAFETENSORS_FILE + ".index.json"
@@ -89,7 +113,23 @@ class HubFolder:
     weights: tuple
     data_shape: tuple
     learned_variance: bool
-    betas: torch.Tensor
+    family: "HubFamily"
+
+
+@dataclass(frozen=True)
+class HubFamily:
+    """How the boundary reads a diffusers network of one family: the schedule, what the output is, and how it is fed.
+
+    ``time_scale``: the network gets t * time_scale (flow: num_train_timesteps); ``output_sign``: -1 where diffusers
+    negates the output (EDM's v_prediction).
+    """
+
+    name: str
+    schedule: NoiseSchedule
+    prediction: str
+    time_input: str = "continuous"
+    time_scale: float = 1.0
+    output_sign: float = 1.0
 
 
 def is_hub_id(s: str) -> bool:
@@ -162,10 +202,26 @@ def _weights(unet_dir: Path) -> tuple:
     raise ValueError(f"{unet_dir}: no weights; expected {SAFETENSORS_FILE}" + (f" (found {others})" if others else ""))
 
 
+def _model_class(path: Path, config: dict) -> str:
+    """The config's diffusers model class, if it is one called as ``model(x, t)`` (no other required argument)."""
+    import diffusers
+
+    name = config.get("_class_name")
+    cls = getattr(diffusers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+        raise ValueError(f"{path}: _class_name is {name!r}; expected {MODEL_CLASSES}")
+    params = list(inspect.signature(cls.forward).parameters.values())[1:]
+    needs = [p.name for p in params[2:] if p.default is inspect.Parameter.empty
+             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if len(params) < 2 or needs:
+        raise ValueError(f"{path}: _class_name is {name!r}, whose forward needs {needs or 'other arguments'} besides "
+                         f"(sample, timestep): a conditional model; expected {MODEL_CLASSES}")
+    return name
+
+
 def _data_shape(path: Path, config: dict) -> tuple[tuple, bool]:
-    """(data shape, learned variance) from a UNet2DModel config (diffusers' defaults: 3 channels in and out)."""
-    if config.get("_class_name") != UNET_CLASS:
-        raise ValueError(f"{path}: _class_name is {config.get('_class_name')!r}; expected {UNET_CLASS!r}")
+    """(data shape, learned variance) from a model config (diffusers' defaults: 3 channels in and out)."""
+    _model_class(path, config)
     c_in, c_out, size = config.get("in_channels", 3), config.get("out_channels", 3), config.get("sample_size")
     if isinstance(size, int) and not isinstance(size, bool):
         size = [size, size]
@@ -180,12 +236,7 @@ def _data_shape(path: Path, config: dict) -> tuple[tuple, bool]:
 
 def _betas(path: Path, config: dict) -> torch.Tensor:
     """diffusers' own betas (float32, as its pipelines use them) from the scheduler class that saved the config."""
-    import diffusers
-
     cls = config.get("_class_name", DEFAULT_SCHEDULER)
-    if cls not in SCHEDULER_CLASSES:
-        raise ValueError(f"{path}: _class_name {cls!r} is not a diffusers scheduler with DDPM betas; "
-                         f"allowed: {list(SCHEDULER_CLASSES)}")
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
         raise ValueError(f"{path}: prediction_type {prediction!r} not supported; allowed: {list(PREDICTIONS)}")
@@ -193,16 +244,67 @@ def _betas(path: Path, config: dict) -> torch.Tensor:
     if isinstance(steps, int) and steps > MAX_TRAIN_TIMESTEPS and not _ALLOW_LARGE.get():
         raise ValueError(f"{path}: num_train_timesteps {steps} exceeds the cap of {MAX_TRAIN_TIMESTEPS}; pass "
                          f"--allow-large to load it")
-    try:
-        betas = getattr(diffusers, cls).from_config(config).betas.to(torch.float64)
-    except Exception as e:  # noqa: BLE001 -- any config diffusers cannot build from is the user's file
-        reason = (str(e).strip().splitlines() or [""])[0]
-        raise ValueError(f"{path}: diffusers cannot build {cls} from it ({type(e).__name__}: {reason})") from None
+    betas = _built(path, cls, config).betas.to(torch.float64)
     try:
         VPDiscrete(betas)  # raises ValueError unless every beta is in (0, 1)
     except ValueError as e:
         raise ValueError(f"{path}: {e} (from beta_start, beta_end, beta_schedule or trained_betas)") from None
     return betas
+
+
+def _number(path: Path, config: dict, key: str, default: float) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{path}: {key} is {value!r}; expected a finite number")
+    return float(value)
+
+
+def _built(path: Path, cls: str, config: dict):
+    """diffusers' scheduler ``cls`` from ``config``: what diffusers refuses is refused here, in one line."""
+    import diffusers
+
+    try:
+        return getattr(diffusers, cls).from_config(config)
+    except Exception as e:  # noqa: BLE001 -- any config diffusers cannot build from is the user's file
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: diffusers cannot build {cls} from it ({type(e).__name__}: {reason})") from None
+
+
+def family_of(path: Path, config: dict) -> HubFamily:
+    """The family a scheduler config says (VP, flow, EDM) and how its network is read; ValueError naming what is
+    supported for any other config."""
+    cls = config.get("_class_name", DEFAULT_SCHEDULER)
+    if cls in SCHEDULER_CLASSES:
+        prediction = PREDICTIONS.get(config.get("prediction_type", "epsilon"))
+        return HubFamily("vp", VPDiscrete(_betas(path, config)), prediction, time_input="discrete")
+    if cls in FLOW_SCHEDULERS:
+        for key, why in FLOW_REFUSED.items():
+            if config.get(key):
+                raise ValueError(f"{path}: {key}={config[key]!r} is not supported ({why}); allowed: {key}=false")
+        built = _built(path, cls, config).config
+        shift, n = _number(path, built, "shift", 1.0), built.get("num_train_timesteps")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{path}: num_train_timesteps is {n!r}; expected an integer >= 1")
+        try:
+            schedule = FlowMatching(shift=shift)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e} (from shift)") from None
+        return HubFamily("flow", schedule, "velocity", time_scale=float(n))
+    if cls in EDM_SCHEDULERS:
+        prediction = config.get("prediction_type", "epsilon")
+        if prediction not in EDM_OUTPUT_SIGN:
+            raise ValueError(f"{path}: prediction_type {prediction!r} not supported by diffusers' EDM "
+                             f"preconditioning; allowed: {list(EDM_OUTPUT_SIGN)}")
+        built = _built(path, cls, config).config
+        sigmas = {k: _number(path, built, k, d) for k, d in (("sigma_min", 0.002), ("sigma_max", 80.0),
+                                                              ("sigma_data", 0.5))}
+        try:
+            schedule = EDM(**sigmas)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        return HubFamily("edm", schedule, "edm", output_sign=EDM_OUTPUT_SIGN[prediction])
+    raise ValueError(f"{path}: _class_name {cls!r} is not a supported diffusers scheduler; allowed: "
+                     f"{SUPPORTED_SCHEDULERS}")
 
 
 def inspect_folder(source: str, *, local_files_only: bool | None = None) -> HubFolder:
@@ -213,9 +315,9 @@ def inspect_folder(source: str, *, local_files_only: bool | None = None) -> HubF
     subfolder, unet_file, scheduler_file = _layout(folder)
     unet_config, scheduler_config = read_json_object(unet_file), read_json_object(scheduler_file)
     data_shape, learned_variance = _data_shape(unet_file, unet_config)
-    betas = _betas(scheduler_file, scheduler_config)
+    family = family_of(scheduler_file, scheduler_config)
     weights = _weights(unet_file.parent)
-    return HubFolder(folder, subfolder, unet_config, scheduler_config, weights, data_shape, learned_variance, betas)
+    return HubFolder(folder, subfolder, unet_config, scheduler_config, weights, data_shape, learned_variance, family)
 
 
 def check_folder(source: str) -> None:
@@ -234,35 +336,46 @@ def fingerprint(info: HubFolder) -> str:
 
 
 def load_diffusers(path_or_hub_id: str, *, local_files_only: bool | None = None, device="cpu") -> Checkpoint:
-    """Load a diffusers UNet2DModel + scheduler as a Checkpoint (reference: dopri5 on the PF-ODE, rtol 1e-5).
+    """Load a diffusers model + scheduler as a Checkpoint (reference: dopri5 on the PF-ODE, rtol 1e-5).
 
     Args:
-        path_or_hub_id: a local folder (pipeline layout or flat UNet folder) or a hub id ("google/ddpm-cifar10-32").
+        path_or_hub_id: a local folder (pipeline layout or flat model folder) or a hub id ("google/ddpm-cifar10-32").
         local_files_only: only use the local Hugging Face cache for hub ids; defaults to HF_HUB_OFFLINE.
-        device: where the UNet computes ("cpu", "cuda", "cuda:N" or a torch.device).
+        device: where the network computes ("cpu", "cuda", "cuda:N" or a torch.device).
     """
-    from diffusers import UNet2DModel
+    import diffusers
 
     device = resolve_device(device)
     info = inspect_folder(path_or_hub_id, local_files_only=local_files_only)
-    unet = UNet2DModel.from_pretrained(info.folder, subfolder=info.subfolder, use_safetensors=True).eval().to(device)
-    c_in, learned_variance = info.data_shape[0], info.learned_variance
+    cls = getattr(diffusers, info.unet_config["_class_name"])
+    net = cls.from_pretrained(info.folder, subfolder=info.subfolder, use_safetensors=True).eval().to(device)
+    c_in, learned_variance, fam = info.data_shape[0], info.learned_variance, info.family
+    scale, sign = fam.time_scale, fam.output_sign
 
     def fn(x, t_in):
         with torch.no_grad():  # not inference_mode: torch.compile (--compile) cannot trace through it
-            out = unet(x, t_in).sample
-        return out[:, :c_in] if learned_variance else out
+            out = net(x, t_in * scale if scale != 1.0 else t_in)
+        out = out.sample if hasattr(out, "sample") else out[0]
+        out = out[:, :c_in] if learned_variance else out
+        return -out if sign < 0 else out
 
-    name = f"hub:{path_or_hub_id}"
-    prediction = PREDICTIONS[info.scheduler_config.get("prediction_type", "epsilon")]
-    model = DiffusionModel(fn, VPDiscrete(info.betas), prediction, time_input="discrete", data_shape=info.data_shape,
+    name = f"{PREFIX}{path_or_hub_id}"
+    model = DiffusionModel(fn, fam.schedule, fam.prediction, time_input=fam.time_input, data_shape=info.data_shape,
                            net_dtype=torch.float32, name=name, device=device)
 
     def no_real_data(n, seed=0):
-        raise ValueError(f"{name}: a diffusers checkpoint carries no data set")
+        raise ValueError(f"{name}: a diffusers checkpoint carries no data set; give FID a reference with --fid-ref")
 
-    return Checkpoint(name=name, model=model, description=f"diffusers UNet2DModel from {path_or_hub_id}",
+    return Checkpoint(name=name, model=model,
+                      description=f"diffusers {info.unet_config['_class_name']} ({fam.name}) from {path_or_hub_id}",
                       reference_solution=lambda x_T, t_end: reference_ode_solution(model, x_T, t_end),
                       real_data=no_real_data, reference_exact=False, fingerprint=fingerprint(info),
                       extras={"folder": str(info.folder), "scheduler_config": info.scheduler_config,
-                              "learned_variance": learned_variance, "unet": unet}, device=device)
+                              "learned_variance": learned_variance, "unet": net, "family": fam.name}, device=device)
+
+
+def entry(source: str) -> CheckpointEntry:
+    """The ``hub:<source>`` entry: loads with ``load_diffusers``, checks with ``check_folder`` (weights not read)."""
+    return CheckpointEntry(f"{PREFIX}{source}", lambda device: load_diffusers(source, device=device), (),
+                           "from config", "from config", f"diffusers-format checkpoint {source}", DEFAULT_N_SAMPLES,
+                           lambda: check_folder(source))

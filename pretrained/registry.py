@@ -1,78 +1,26 @@
 """The checkpoint registry: ``load(name, device)`` gives a ``Checkpoint`` (model boundary + what metrics need).
 
-A checkpoint is registered with a loader and the facts ``bench list`` shows (data shape, schedule,
-prediction type, one-line description); loading happens only when asked for, once per process and device.
-``validate(name, device)`` checks that a load would succeed without loading the weights.
+A checkpoint name comes from one of three sources, each one loader behind one interface (``entry(name)`` gives a
+``CheckpointEntry``: ``loader(device) -> Checkpoint`` and a cheap ``check()``): the registered names (a loader
+registered with the facts ``bench list`` shows: data shape, schedule, prediction type, one-line description),
+``hub:<folder or hub id>`` (``pretrained.hub``: diffusers-format folders) and ``py:<module>:<factory>``
+(``pretrained.pysource``: the user's own Python, imported only when such a name is given). Loading happens only when
+asked for, once per process and device. ``validate(name, device)`` checks that a load would succeed without loading
+the weights.
 """
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
 from samplers.model import DiffusionModel
 
-
-@dataclass
-class Checkpoint:
-    """A loaded checkpoint: the model plus the data-side facts the metrics use.
-
-    Attributes:
-        model: the network behind the model boundary (counts its NFE).
-        reference_solution: x_T -> the exact (analytic) or high-accuracy ODE solution at t_end.
-        real_data: (n, seed) -> real data samples, for distribution metrics.
-        log_prob: exact log p_0(x) where the density is known (analytic mixtures), else None.
-        moments: exact (mean, covariance) of the data where known, else None.
-        reference_exact: True when ``reference_solution`` is exact rather than a fine solver.
-        reference_samples: solver error uses the first this many samples (None: all), where the
-            reference solution is expensive (a network solved with 1000 NFE).
-        fingerprint: what identifies the weights (their sha256); part of every cache key.
-        device: where the model, the mixture parameters and ``reference_solution`` compute; ``real_data`` and
-            ``moments`` stay on the CPU (they feed numpy and torch-fidelity).
-        likelihood_data: n -> the first n points (CPU) of the held-out set likelihoods are estimated on
-            (None: the checkpoint has no data to evaluate a likelihood on).
-        data_levels: the data's number of discrete levels on [-1, 1] (17 for digits), None for continuous data.
-        grad_model: the same network behind a boundary that is differentiable in x (no inference mode), for
-            the ODE likelihood's divergence; None where ``model`` already is.
-    """
-
-    name: str
-    model: DiffusionModel
-    description: str
-    reference_solution: Callable[[torch.Tensor, float], torch.Tensor]
-    real_data: Callable[[int, int], torch.Tensor]
-    log_prob: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-    moments: Optional[tuple] = None
-    reference_exact: bool = False
-    reference_samples: Optional[int] = None
-    fingerprint: str = ""
-    extras: dict = field(default_factory=dict)
-    device: torch.device = torch.device("cpu")
-    likelihood_data: Optional[Callable[[int], torch.Tensor]] = None
-    data_levels: Optional[int] = None
-    grad_model: Optional[DiffusionModel] = None
-
-    @property
-    def data_shape(self) -> tuple:
-        return self.model.data_shape
-
-
-@dataclass(frozen=True)
-class CheckpointEntry:
-    """A registered checkpoint: ``loader(device)`` builds it, ``check()`` raises ValueError where it would not load."""
-
-    name: str
-    loader: Callable[[torch.device], Checkpoint]
-    data_shape: tuple
-    schedule: str
-    prediction: str
-    description: str
-    default_n_samples: int
-    check: Callable[[], None] = lambda: None
+from . import hub, pysource
+from .checkpoint import DEVICES, Checkpoint, CheckpointEntry, resolve_device  # noqa: F401  (re-exported)
 
 
 _REGISTRY: dict[str, CheckpointEntry] = {}
@@ -121,32 +69,9 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-HUB_PREFIX = "hub:"  # "hub:<folder or hub id>" names a diffusers-format checkpoint
-
-
-DEVICES = ("cpu", "cuda", "cuda:N", "meta")  # meta: shapes only, for tests of the analytic models
-
-
-def resolve_device(device="cpu") -> torch.device:
-    """``device`` (str or torch.device) as a torch.device with its index ("cuda" -> "cuda:<current>")."""
-    if not isinstance(device, (str, torch.device)):
-        raise ValueError(f"device must be a str or torch.device, got {type(device).__name__}; allowed: {list(DEVICES)}")
-    try:
-        d = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; allowed: {list(DEVICES)}") from None
-    if d.type in ("cpu", "meta"):
-        return torch.device(d.type)
-    if d.type != "cuda":
-        raise ValueError(f"unsupported device {device!r}; allowed: {list(DEVICES)}")
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available on this machine; allowed: cpu")
-    n = torch.cuda.device_count()
-    index = torch.cuda.current_device() if d.index is None else d.index
-    if index >= n:
-        raise ValueError(f"device {device!r}: this machine has {n} CUDA device(s); allowed: cpu, cuda, "
-                         + ", ".join(f"cuda:{i}" for i in range(n)))
-    return torch.device("cuda", index)
+HUB_PREFIX = hub.PREFIX  # "hub:<folder or hub id>" names a diffusers-format checkpoint
+SOURCES = {hub.PREFIX: hub.entry, pysource.PREFIX: pysource.entry}  # name prefix -> entry(source) of that loader
+SOURCE_FORMS = "'hub:<folder or hub id>' or 'py:<module>:<factory>'"
 
 
 SAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -166,17 +91,14 @@ def safe_name(name: str) -> str:
 
 
 def entry(name: str) -> CheckpointEntry:
-    """The registered entry, without touching files; a "hub:" name gets one made on the fly (facts known once loaded)."""
+    """The entry of a registered name, or of a "hub:" / "py:" name from its source (made on the fly, nothing loaded)."""
     if not isinstance(name, str):
         raise ValueError(f"checkpoint name must be a str, got {type(name).__name__}")
-    if name.startswith(HUB_PREFIX):
-        from . import hub
-        source = name[len(HUB_PREFIX):]
-        return CheckpointEntry(name, lambda device: hub.load_diffusers(source, device=device), (), "vp_discrete",
-                               "from config", f"diffusers-format checkpoint {source}", 1000,
-                               lambda: hub.check_folder(source))
+    for prefix, source_entry in SOURCES.items():
+        if name.startswith(prefix):
+            return source_entry(name[len(prefix):])
     if name not in _REGISTRY:
-        raise ValueError(f"unknown checkpoint {name!r}; allowed: {available()} or 'hub:<folder or hub id>'")
+        raise ValueError(f"unknown checkpoint {name!r}; allowed: {available()} or {SOURCE_FORMS}")
     return _REGISTRY[name]
 
 
@@ -195,7 +117,8 @@ def validate(name: str, device="cpu") -> CheckpointEntry:
 
 
 def load(name: str, device="cpu") -> Checkpoint:
-    """Load a registered checkpoint, or "hub:<folder or hub id>" for a diffusers UNet, onto ``device``.
+    """Load a registered checkpoint, "hub:<folder or hub id>" (a diffusers model) or "py:<module>:<factory>" onto
+    ``device``.
 
     Cached per (name, device) for the process. ``device``: "cpu", "cuda", "cuda:N" (or a torch.device).
     """

@@ -138,9 +138,9 @@ def _bad_folder(tmp_path, case):
     elif case == "no weights":
         _save(folder, pipeline_layout=False)
         (folder / "diffusion_pytorch_model.safetensors").unlink()
-    elif case == "flow-matching scheduler":
+    elif case == "unsupported scheduler":
         _save(folder)
-        _edit_json(folder / "scheduler" / "scheduler_config.json", _class_name="FlowMatchEulerDiscreteScheduler")
+        _edit_json(folder / "scheduler" / "scheduler_config.json", _class_name="LCMScheduler")
     elif case == "not a scheduler":
         _save(folder)
         _edit_json(folder / "scheduler" / "scheduler_config.json", _class_name="UNet2DModel")
@@ -171,12 +171,15 @@ BAD_FOLDERS = {  # case: what the one-line message must say (after the path)
     "pickle only": r"unet: only pickle weights \(diffusion_pytorch_model.bin\).*expected "
                    r"diffusion_pytorch_model.safetensors",
     "no weights": r"ckpt: no weights; expected diffusion_pytorch_model.safetensors",
-    "flow-matching scheduler": r"scheduler_config.json: _class_name 'FlowMatchEulerDiscreteScheduler' is not a "
-                               r"diffusers scheduler with DDPM betas; allowed: \[.*'DDPMScheduler'",
-    "not a scheduler": r"scheduler_config.json: _class_name 'UNet2DModel' is not a diffusers scheduler",
+    "unsupported scheduler": r"scheduler_config.json: _class_name 'LCMScheduler' is not a supported diffusers "
+                             r"scheduler; allowed: VP \(DDPM betas\): \[.*'DDPMScheduler'.*flow: "
+                             r"\['FlowMatchEulerDiscreteScheduler'.*EDM: \['EDMEulerScheduler'",
+    "not a scheduler": r"scheduler_config.json: _class_name 'UNet2DModel' is not a supported diffusers scheduler",
     "bad beta_schedule": r"scheduler_config.json: diffusers cannot build DDPMScheduler from it \(.*quartic",
     "config not JSON": r"ckpt/config.json: not valid JSON",
-    "conditional UNet": r"unet/config.json: _class_name is 'UNet2DConditionModel'; expected 'UNet2DModel'",
+    "conditional UNet": r"unet/config.json: _class_name is 'UNet2DConditionModel', whose forward needs "
+                        r"\['encoder_hidden_states'\] besides \(sample, timestep\): a conditional model; expected an "
+                        r"unconditional diffusers model class called as model\(x, t\)",
     "out_channels": r"unet/config.json: out_channels 3 must equal in_channels 1",
     "no scheduler": r"ckpt: missing scheduler/scheduler_config.json; expected unet/config.json",
     "unrelated files": r"ckpt: no diffusers UNet here \(found \['notes.txt'\]\); expected",

@@ -103,8 +103,8 @@ class CellAccumulator:
         return out
 
 
-def cell_metrics(checkpoint, merged: dict, *, cache_dir=None, device="cpu") -> dict:
-    """Every metric the checkpoint supports, from a merged state."""
+def cell_metrics(checkpoint, merged: dict, *, cache_dir=None, device="cpu", reference=None) -> dict:
+    """Every metric the checkpoint supports, from a merged state; ``reference``: a user's FID reference set."""
     out = {}
     err = merged["err"]
     if len(err):
@@ -119,8 +119,10 @@ def cell_metrics(checkpoint, merged: dict, *, cache_dir=None, device="cpu") -> d
     if checkpoint.log_prob is not None and n:
         out["loglik"] = merged["loglik"] / n
     if merged.get("fid") is not None:
-        from .fid import fid_kid_from_state
-        out.update(fid_kid_from_state(merged["fid"], checkpoint, cache_dir=cache_dir, device=device))
+        from .fid import fid_kid_from_state, reference_name
+        out.update(reference_name(checkpoint, reference))
+        out.update(fid_kid_from_state(merged["fid"], checkpoint, cache_dir=cache_dir, device=device,
+                                      reference=reference))
     if merged.get("guided") is not None:
         from .guided import guided_metrics
         out.update(guided_metrics(merged["guided"]))

@@ -171,17 +171,38 @@ class ExtractorSpec:
         return f"{self.name}/{self.layer}/{self.weights_sha256}"
 
 
-def extractor_spec(checkpoint) -> ExtractorSpec:
-    """The feature extractor ``checkpoint.extras["fid"]`` names; raises ValueError for an unknown one."""
-    name = checkpoint.extras.get("fid", INCEPTION)
+def spec_by_name(name: str) -> ExtractorSpec:
+    """The spec of the extractor ``name``; ValueError naming the allowed ones otherwise."""
     if name == FID_EXTRACTOR:
         manifest = read_manifest(DIGITS_WEIGHTS)
         return ExtractorSpec(name, DIGITS_LAYER, manifest["weights_sha256"], DigitsClassifier.FEATURE_DIM,
                              torch.float64, False, manifest["kid_gamma"])
     if name == INCEPTION:
         return ExtractorSpec(name, INCEPTION_LAYER, INCEPTION_SHA256, INCEPTION_DIM, torch.float32, True, None)
-    raise ValueError(f"checkpoint {checkpoint.name!r} names an unknown FID extractor {name!r}; "
-                     f"allowed: {[FID_EXTRACTOR, INCEPTION]}")
+    raise ValueError(f"unknown FID extractor {name!r}; allowed: {[FID_EXTRACTOR, INCEPTION]}")
+
+
+def extractor_dim(name: str) -> int:
+    """The feature dimension of extractor ``name`` (no weights read)."""
+    return {FID_EXTRACTOR: DigitsClassifier.FEATURE_DIM, INCEPTION: INCEPTION_DIM}[name]
+
+
+def default_extractor(shape) -> str:
+    """The extractor that follows the data: the digits classifier for 1x8x8 grayscale, Inception otherwise."""
+    return FID_EXTRACTOR if tuple(shape) == (1, 8, 8) else INCEPTION
+
+
+def extractor_spec(checkpoint) -> ExtractorSpec:
+    """The feature extractor ``checkpoint.extras["fid"]`` names ("auto": by its data shape); raises ValueError for an
+    unknown one."""
+    name = checkpoint.extras.get("fid", INCEPTION)
+    if name == "auto":
+        name = default_extractor(checkpoint.data_shape)
+    try:
+        return spec_by_name(name)
+    except ValueError:
+        raise ValueError(f"checkpoint {checkpoint.name!r} names an unknown FID extractor {name!r}; "
+                         f"allowed: {[FID_EXTRACTOR, INCEPTION]}") from None
 
 
 def create_extractor(spec: ExtractorSpec, device, inception_weights_path=None) -> FeatureExtractorBase:

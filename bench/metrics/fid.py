@@ -5,8 +5,9 @@ products (plus the features of samples with index < KID_MAX_SAMPLES, for KID), s
 whole in memory and torchrun ranks merge by summing. Features come from torch-fidelity's extractors
 (``features.py``: the digits classifier, or "inception-v3-compat" from sha256-verified weights); FID and KID from
 torch-fidelity's ``fid_statistics_to_metric`` and ``kid_features_to_metric``. Reference statistics are computed the
-same way from ``real_data(n, 0)`` and cached as safetensors (no pickle) in a folder the caller passes, under a hash of
-everything that determines them; torch-fidelity's own (pickle) cache is never used.
+same way from ``real_data(n, 0)``, or from a user's reference set (``reference_sets.ReferenceSet``: images, or
+precomputed mu / sigma, which give FID but no KID), and cached as safetensors (no pickle) in a folder the caller
+passes, under a hash of everything that determines them; torch-fidelity's own (pickle) cache is never used.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
 from ..atomic import atomic_write
-from .features import ExtractorSpec, create_extractor, extractor_spec, to_images
+from .features import ExtractorSpec, create_extractor, extractor_spec, spec_by_name, to_images
 
 BATCH_SIZE = 250
 KID_SUBSETS = 100
@@ -43,10 +44,11 @@ class FidAccumulator:
         device: where features are computed.
         inception_weights_path: Inception weights for RGB checkpoints (else $SAMPLERBENCH_INCEPTION_WEIGHTS or
             torch.hub's cache); checked against their published sha256.
+        spec: the extractor to use instead of the checkpoint's (a reference set's, ``--fid-extractor``).
     """
 
-    def __init__(self, checkpoint, device="cpu", *, inception_weights_path=None):
-        self.spec = extractor_spec(checkpoint)
+    def __init__(self, checkpoint, device="cpu", *, inception_weights_path=None, spec: ExtractorSpec | None = None):
+        self.spec = spec or extractor_spec(checkpoint)
         self.device = torch.device(device)
         self.extractor = create_extractor(self.spec, self.device, inception_weights_path)
         d = self.spec.dim
@@ -64,7 +66,18 @@ class FidAccumulator:
                              f"{tuple(indices.shape)}; give one global sample index per sample")
         if len(samples) == 0:
             return
-        f = self.extractor(to_images(samples.to(self.device), self.spec))[0]
+        self._add(to_images(samples.to(self.device), self.spec), indices)
+
+    @torch.no_grad()
+    def update_images(self, images: torch.Tensor, indices) -> None:
+        """Add uint8 images (B, C, H, W) as they are (a reference set's), with their global indices."""
+        indices = torch.as_tensor(list(indices), dtype=torch.long).cpu()
+        if len(images):
+            x = images.to(self.device)
+            self._add(x.expand(-1, 3, -1, -1).contiguous() if self.spec.rgb and x.shape[1] == 1 else x, indices)
+
+    def _add(self, images: torch.Tensor, indices: torch.Tensor) -> None:
+        f = self.extractor(images)[0]
         f64 = f.double()
         self.n += len(f)
         self.sum += f64.sum(0)
@@ -109,16 +122,30 @@ def _statistics(state: dict) -> dict:
     return {"mu": mu.numpy(), "sigma": sigma.numpy()}
 
 
-def _reference_meta(checkpoint, spec: ExtractorSpec) -> dict:
-    ref_key, n_ref = checkpoint.extras["fid_reference"]
+def _reference_meta(checkpoint, spec: ExtractorSpec, reference=None) -> dict:
+    ref_key, n_ref = (reference.key, reference.n) if reference is not None else checkpoint.extras["fid_reference"]
     return {"format": CACHE_FORMAT, "extractor": spec.name, "weights_sha256": spec.weights_sha256,
             "layer": spec.layer, "dtype": str(spec.dtype), "reference": ref_key, "n": n_ref,
             "kid_max_samples": KID_MAX_SAMPLES, "torch_fidelity": torch_fidelity.__version__}
 
 
-def reference_cache_path(checkpoint, cache_dir) -> Path:
-    """Where the checkpoint's reference statistics are cached in ``cache_dir``: named by a hash of what determines them."""
-    meta = _reference_meta(checkpoint, extractor_spec(checkpoint))
+def reference_spec(checkpoint, reference=None) -> ExtractorSpec:
+    """The extractor FID uses: the reference set's where one is given, else the checkpoint's."""
+    return spec_by_name(reference.extractor) if reference is not None else extractor_spec(checkpoint)
+
+
+def reference_name(checkpoint, reference=None) -> dict:
+    """What a row names its FID reference by: {"fid_ref" (content hash or the checkpoint's key), "fid_ref_n" (images;
+    None where statistics do not say), "fid_extractor"}."""
+    if reference is not None:
+        return {"fid_ref": reference.key, "fid_ref_n": reference.n or None, "fid_extractor": reference.extractor}
+    key, n = checkpoint.extras["fid_reference"]
+    return {"fid_ref": key, "fid_ref_n": n, "fid_extractor": extractor_spec(checkpoint).name}
+
+
+def reference_cache_path(checkpoint, cache_dir, reference=None) -> Path:
+    """Where the reference statistics are cached in ``cache_dir``: named by a hash of what determines them."""
+    meta = _reference_meta(checkpoint, reference_spec(checkpoint, reference), reference)
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
     return Path(cache_dir) / f"fid-reference-{digest[:32]}.safetensors"
 
@@ -147,20 +174,33 @@ def _write_reference(path: Path, state: dict, meta: dict) -> None:
                                              metadata={"samplerbench": json.dumps(meta, sort_keys=True)}))
 
 
-def reference_state(checkpoint, *, cache_dir=None, device="cpu", inception_weights_path=None) -> dict:
-    """The accumulator state of the checkpoint's reference images ``real_data(n, 0)``, read from or written to the
-    cache in ``cache_dir`` (None: computed, not cached)."""
-    spec = extractor_spec(checkpoint)
-    meta = _reference_meta(checkpoint, spec)
-    path = reference_cache_path(checkpoint, cache_dir) if cache_dir is not None else None
+def reference_state(checkpoint, *, cache_dir=None, device="cpu", inception_weights_path=None,
+                    reference=None) -> dict:
+    """The accumulator state of the reference images (the checkpoint's ``real_data(n, 0)``, or ``reference``'s
+    images), read from or written to the cache in ``cache_dir`` (None: computed, not cached). A statistics reference
+    gives {"extractor", "n", "mu", "sigma"} (no features: FID only)."""
+    spec = reference_spec(checkpoint, reference)
+    if reference is not None and reference.kind == "statistics":
+        from .reference_sets import statistics
+        mu, sigma = statistics(reference)
+        return {"extractor": spec.key, "n": reference.n, "mu": mu, "sigma": sigma}
+    meta = _reference_meta(checkpoint, spec, reference)
+    path = reference_cache_path(checkpoint, cache_dir, reference) if cache_dir is not None else None
     if path is not None and path.is_file():
         state = _read_reference(path, meta, spec)
         if state is not None:
             return state
-    acc = FidAccumulator(checkpoint, device, inception_weights_path=inception_weights_path)
-    real = checkpoint.real_data(meta["n"], 0)
-    for lo in range(0, len(real), BATCH_SIZE):
-        acc.update(real[lo:lo + BATCH_SIZE], range(lo, min(lo + BATCH_SIZE, len(real))))
+    acc = FidAccumulator(checkpoint, device, inception_weights_path=inception_weights_path, spec=spec)
+    if reference is not None:
+        from .reference_sets import image_batches
+        lo = 0
+        for batch in image_batches(reference, BATCH_SIZE):
+            acc.update_images(torch.from_numpy(batch), range(lo, lo + len(batch)))
+            lo += len(batch)
+    else:
+        real = checkpoint.real_data(meta["n"], 0)
+        for lo in range(0, len(real), BATCH_SIZE):
+            acc.update(real[lo:lo + BATCH_SIZE], range(lo, min(lo + BATCH_SIZE, len(real))))
     state = acc.state()
     if path is not None:
         _write_reference(path, state, meta)
@@ -168,7 +208,7 @@ def reference_state(checkpoint, *, cache_dir=None, device="cpu", inception_weigh
 
 
 def fid_kid_from_state(state: dict, checkpoint, *, cache_dir=None, device="cpu", inception_weights_path=None,
-                       kid_subsets: int = KID_SUBSETS) -> dict:
+                       kid_subsets: int = KID_SUBSETS, reference=None) -> dict:
     """{"fid", "kid", "kid_std"} of a (merged) accumulator state against the checkpoint's reference set.
 
     Args:
@@ -178,22 +218,30 @@ def fid_kid_from_state(state: dict, checkpoint, *, cache_dir=None, device="cpu",
         cache_dir: folder for the reference statistics (None: recomputed every call).
         device, inception_weights_path: as for ``FidAccumulator``, used only when the reference is computed.
         kid_subsets: number of KID subsets.
+        reference: a ``reference_sets.ReferenceSet`` to compare with instead of the checkpoint's real data (its
+            extractor is used); statistics give FID, and KID NaN.
 
     KID uses torch-fidelity's cubic polynomial kernel; for digits its gamma is 1 / E|f|^2 (manifest
     "kid_gamma") instead of 1 / d, so KID values are not on the Inception scale.
     """
-    spec = extractor_spec(checkpoint)
+    spec = reference_spec(checkpoint, reference)
     if state["extractor"] != spec.key:
         raise ValueError(f"FID state of extractor {state['extractor']!r}, but checkpoint {checkpoint.name!r} "
                          f"uses {spec.key!r}")
     if state["n"] < MIN_SAMPLES or len(state["kid_features"]) < MIN_SAMPLES:
         raise ValueError(f"FID/KID need at least {MIN_SAMPLES} samples with index < {KID_MAX_SAMPLES}; got {state['n']} "
                          f"samples, {len(state['kid_features'])} of them below that index")
-    ref = reference_state(checkpoint, cache_dir=cache_dir, device=device, inception_weights_path=inception_weights_path)
+    ref = reference_state(checkpoint, cache_dir=cache_dir, device=device, inception_weights_path=inception_weights_path,
+                          reference=reference)
+    if "mu" in ref:  # precomputed statistics: no reference features, so no KID
+        with threadpool_limits(1, "blas"):
+            fid = fid_statistics_to_metric(_statistics(state), {"mu": ref["mu"], "sigma": ref["sigma"]},
+                                           verbose=False)[KEY_METRIC_FID]
+        return {"fid": fid, "kid": float("nan"), "kid_std": float("nan")}
     f1, f2 = state["kid_features"], ref["kid_features"]
     if len(f2) < MIN_SAMPLES:
         raise ValueError(f"checkpoint {checkpoint.name!r}: FID/KID need a reference set of at least {MIN_SAMPLES} "
-                         f"images, extras['fid_reference'] asks for {ref['n']}")
+                         f"images, the reference has {ref['n']}")
     # One BLAS thread: on shared cores OpenBLAS's spinning threads make KID's 100 small matmuls ~20x slower.
     with threadpool_limits(1, "blas"):
         fid = fid_statistics_to_metric(_statistics(state), _statistics(ref), verbose=False)[KEY_METRIC_FID]
