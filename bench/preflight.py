@@ -30,8 +30,14 @@ MAX_THREADS = 4096            # --threads
 ALLOW_LARGE = "--allow-large"
 MESSAGE_MAX_CHARS = 600       # a third-party message folded into our one line is cut here
 THIRD_PARTY_LOGGERS = ("diffusers", "accelerate", "transformers", "huggingface_hub", "torch.distributed")
-# Options that cannot change an estimator's result under another option's value: giving them is refused.
-INERT_OPTIONS = {("divergence", "exact"): ("n_probes", "probe")}
+# Options that cannot change a method's result under another option's value (checked: equal outputs); giving them
+# is refused, so equal computations never get two cell ids. (Knowledge of the methods: the registries could own it.)
+INERT_OPTIONS = {
+    ("divergence", "exact"): ("n_probes", "probe"),                # likelihood: no probes without Hutchinson
+    ("thresholding", "none"): ("threshold_ratio", "threshold_max"),  # DPM-Solver++
+    ("method", "singlestep"): ("lower_order_final",),              # DPM-Solver: it acts on multistep only
+    ("method", "singlestep_fixed"): ("lower_order_final",),
+}
 
 
 def one_line(text, limit: int | None = MESSAGE_MAX_CHARS) -> str:

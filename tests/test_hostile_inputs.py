@@ -270,6 +270,12 @@ CASES = [
      lambda t, s, mp: [*NLL, "nll:ode_heun,divergence=exact,n_probes=4", "--results", f"{t}/r"], ["n_probes", "exact"]),
     ("cell identity", "probe kind under exact divergence",
      lambda t, s, mp: [*NLL, "nll:ode_dopri5,divergence=exact,probe=gaussian", "--results", f"{t}/r"], ["probe"]),
+    ("cell identity", "a threshold ratio without thresholding",
+     lambda t, s, mp: [*RUN, "--sampler", "dpm_solver++,threshold_ratio=0.9", "--results", f"{t}/r"],
+     ["threshold_ratio", "thresholding='none'"]),
+    ("cell identity", "lower-order final steps of a singlestep solver",
+     lambda t, s, mp: [*RUN, "--sampler", "dpm_solver_3,lower_order_final=False", "--results", f"{t}/r"],
+     ["lower_order_final", "singlestep"]),
     ("cell identity", "a probe option at its default under exact divergence",
      lambda t, s, mp: [*NLL, "nll:ode_euler,divergence=exact,n_probes=1", "--results", f"{t}/r"], ["n_probes"]),
     # 8. other people's noise
