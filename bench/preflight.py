@@ -103,8 +103,8 @@ def check_environment(env=None) -> int:
 def captured_third_party(verbose: bool = False):
     """Hold back Python warnings and the log records of diffusers, accelerate and friends while the block runs.
 
-    With ``verbose`` they are printed to stderr as they come ("warning: ..."); otherwise they are dropped, so a
-    refusal stays one line. Errors are not touched: they reach ``main`` and become one line there.
+    With ``verbose`` nothing is held back (they print as their libraries print them); otherwise they are dropped, so
+    a refusal stays one line. Errors are not touched: they reach ``main`` and become one line there.
     """
     if verbose:
         yield
