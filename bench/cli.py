@@ -21,6 +21,9 @@ def _cmd_run(args) -> int:
     from .preflight import plan_run
     from .runner import RunOptions, run_sweep
 
+    from .tune import resolve_tuned_specs
+
+    args.sampler = resolve_tuned_specs(args.sampler, args.results)  # tuned:NAME -> its preset, read and validated
     plan = plan_run(args)  # every check; nothing written yet
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -36,6 +39,22 @@ def _cmd_run(args) -> int:
         print(f"{counts['taken']} cells were being computed by another run on {args.results}; run again to "
               f"pick up any it leaves unfinished")
     print(f"next: python -m bench report --results {args.results}")
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from .tune import plan_tune, run_tune, summary_table
+
+    settings, ck, methods = plan_tune(args)  # every check; nothing written yet
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    rows = run_tune(settings, ck, methods)
+    print(summary_table(rows), end="")
+    for r in rows:
+        print(f"preset {r['preset_name']}: {r['preset']}")
+    print(f"results in {args.results}/tune.json; next: python -m bench run --results {args.results} "
+          f"--checkpoint {args.checkpoint} --sampler {rows[0]['preset_name']} --nfe {rows[0]['nfe']}")
     return 0
 
 
@@ -184,6 +203,33 @@ def build_parser() -> argparse.ArgumentParser:
                         f"--batch-size {MAX_BATCH:,}, integer sampler options {MAX_OPTION_INT:,}, hub UNet configs")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
+
+    from . import tune
+
+    t = sub.add_parser("tune", parents=[common], help="search a solver family's options and a fitted time schedule "
+                       "per NFE by solver error; confirm on held-out seeds; write presets (--sampler tuned:NAME)")
+    t.add_argument("--checkpoint", default="gmm-16d", help="one checkpoint (default: %(default)s)")
+    t.add_argument("--nfe", type=int, nargs="+", default=list(DEFAULT_NFE), help="NFE budgets (default: 5 10 20)")
+    t.add_argument("--sampler", nargs="+", default=None, metavar="SPEC",
+                   help=f"families to tune, as run's specs (default: {' '.join(tune.DEFAULT_SAMPLERS)})")
+    t.add_argument("--budget", type=int, default=tune.DEFAULT_BUDGET,
+                   help="trial cells per sampler and NFE: screen + fitted schedules (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=0, help="search seed: draws the tuning and held-out seeds")
+    t.add_argument("--tune-samples", type=int, default=64, help="samples of the tuning seed (default: %(default)s)")
+    t.add_argument("--val-seeds", type=int, default=8, help="held-out seeds (default: %(default)s)")
+    t.add_argument("--val-samples", type=int, default=32, help="samples per held-out seed (default: %(default)s)")
+    t.add_argument("--candidates", type=int, default=tune.DEFAULT_CANDIDATES,
+                   help="times in the fitted schedule's candidate grid (default: %(default)s)")
+    t.add_argument("--top", type=int, default=tune.DEFAULT_TOP,
+                   help="screened configurations that get fitted schedules (default: %(default)s)")
+    t.add_argument("--results", default="results/tune", help="results folder: trials, presets/ (default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--device", default=None)
+    t.add_argument("--allow-large-nfe", action="store_true")
+    t.add_argument("--allow-large", action="store_true")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_tune)
 
     sub.add_parser("list", parents=[common], help="samplers, time grids and checkpoints").set_defaults(func=_cmd_list)
 

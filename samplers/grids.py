@@ -8,7 +8,9 @@ are defined by the log-SNR alone, so they are the same grid in lambda on every f
 """
 from __future__ import annotations
 
-from typing import Callable
+import hashlib
+import math
+from typing import Callable, Sequence
 
 import torch
 
@@ -17,9 +19,12 @@ from .schedules import VP_T_END, NoiseSchedule
 T_END = None  # a sampler's default end of integration: the model's own (schedule.t_end: VP 1e-3, EDM sigma_min)
 T_MAX = 1.0   # the largest VP schedule end T (VPLinear, VPDiscrete)
 KARRAS_RHO = 7.0
+TIMES_PREFIX = "times:"  # an explicit list of times (a fitted schedule), named by its content: times:<sha1 12>
+TIMES_RTOL = 1e-12       # its ends must match the sampler's t_start / t_end to this relative tolerance
 
 GridFn = Callable[[NoiseSchedule, int, float, float], torch.Tensor]
 _GRIDS: dict[str, GridFn] = {}
+_TIMES: dict[str, torch.Tensor] = {}
 
 
 def register_grid(name: str):
@@ -32,7 +37,41 @@ def register_grid(name: str):
 
 
 def available() -> list[str]:
-    return sorted(_GRIDS)
+    """The named grids (explicit ``times:`` grids are not listed: they are registered when a preset is read)."""
+    return sorted(n for n in _GRIDS if n not in _TIMES)
+
+
+def register_times(times: Sequence[float]) -> str:
+    """Register explicit times t_0 > .. > t_K > 0 (a fitted schedule) as the grid ``times:<sha1>``; returns its name.
+
+    The name is a hash of the float64 values, so a sampler's options (and the cell id) name the times themselves.
+    The grid answers only its own K steps between its own ends: anything else is a ValueError.
+    """
+    ts = [float(t) for t in times]
+    if len(ts) < 2 or not all(math.isfinite(t) and t > 0 for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"explicit times must be at least 2 finite, positive, strictly decreasing numbers, got {ts}")
+    name = TIMES_PREFIX + hashlib.sha1(",".join(t.hex() for t in ts).encode()).hexdigest()[:12]
+    if name in _TIMES:
+        return name
+    table = torch.tensor(ts, dtype=torch.float64)
+
+    def explicit(schedule, steps, t_start, t_end):
+        if steps != len(ts) - 1:
+            raise ValueError(f"time grid {name} has {len(ts) - 1} steps; this run asks for {steps} "
+                             f"(a fitted schedule serves the NFE it was fitted for)")
+        for what, want, got in (("t_start", ts[0], t_start), ("t_end", ts[-1], t_end)):
+            if abs(got - want) > TIMES_RTOL * abs(want):
+                raise ValueError(f"time grid {name} runs from {ts[0]!r} to {ts[-1]!r}; this run asks for "
+                                 f"{what}={got!r}")
+        return table.clone()
+
+    _GRIDS[name], _TIMES[name] = explicit, table
+    return name
+
+
+def explicit_times(name: str) -> torch.Tensor | None:
+    """The times of an explicit grid (``register_times``), None for a named grid."""
+    return _TIMES[name].clone() if name in _TIMES else None
 
 
 def get_grid(name: str) -> GridFn:

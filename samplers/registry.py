@@ -182,7 +182,7 @@ def _validate(spec: SamplerSpec, options: Mapping[str, Any]) -> dict:
             continue
         value = _coerce(spec.name, key, value, spec.defaults[key])
         if key in spec.choices:
-            if value not in spec.choices[key]:
+            if value not in spec.choices[key] and not _explicit_grid(spec, key, value):
                 raise ValueError(f"sampler {spec.name!r}: {key}={value!r} is not allowed; allowed: {list(spec.choices[key])}")
         elif key in spec.bounds:
             if value not in spec.bounds[key]:  # NaN and inf are in no Interval
@@ -191,6 +191,12 @@ def _validate(spec: SamplerSpec, options: Mapping[str, Any]) -> dict:
             raise ValueError(f"sampler {spec.name!r}: {key}={value!r} is not allowed; allowed: finite numbers")
         out[key] = value
     return out
+
+
+def _explicit_grid(spec: SamplerSpec, key: str, value) -> bool:
+    """An explicit-times grid (``grids.register_times``: a fitted schedule) is allowed where every named grid is."""
+    return (key == "grid" and isinstance(value, str) and grids.explicit_times(value) is not None
+            and set(grids.available()) <= set(spec.choices[key]))
 
 
 def _is_number(v) -> bool:

@@ -1,0 +1,601 @@
+"""``bench tune``: the configuration of a solver family with the least solver error at an NFE budget, confirmed on
+held-out seeds, written as a preset the sampler registry resolves (``--sampler tuned:<name>``).
+
+A client of the runner (DESIGN.md): every trial is a cell in the results folder's store, so a search resumes after a
+kill without repeating finished trials, and processes sharing the folder split its cells. Per family and NFE:
+
+1. screen: the family's discrete options (``SPACES``) x the published fixed grids, on the tuning seed;
+2. fit: for the best ``top`` configurations that spend one NFE per step, a schedule fitted by dynamic programming
+   over a fine candidate grid (GITS, Chen et al. 2024): C[i, j] = mean_s ||Phi(x_ref(t_i), t_i -> t_j) - x_ref(t_j)||
+   / sqrt(d), V_k(j) = min_i C[i, j] + gamma V_{k-1}(i), exactly K steps, one schedule per gamma in ``GAMMAS``; each
+   is a trial (the real solver, history and corrector included, on the tuning seed), so gamma is chosen by the
+   global error. Phi is the family's first-order exponential-integrator step (DDIM in its own prediction type): the
+   DP cannot know a multistep solver's history, which depends on the nodes chosen before (GITS's Euler cost, made
+   prediction-aware);
+3. validate: the winner (least tuning error), the default and, for the winner's options, every fixed grid, on
+   held-out seeds the search never saw; paired differences per seed with a t interval, flagged when it includes 0.
+
+Selection is on solver error against the reference ODE solution only (the exact oracle on the mixtures).
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import math
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import samplers
+from samplers import grids, initial_noise
+
+GAMMAS = (0.9, 1.0, 1.1, 1.15, 1.2)  # GITS's discount coefficients (its default 1.15; ComfyUI exposes 0.8-1.5)
+FIXED_GRIDS = ("time_uniform", "time_quadratic", "logSNR", "karras")  # the published fixed grids
+DEFAULT_SAMPLERS = ("unipc_bh1_3", "dpm_solver++_3m")
+DEFAULT_BUDGET = 200     # trial cells per family and NFE (screen + fitted schedules), validation not counted
+DEFAULT_CANDIDATES = 80  # points of the fine candidate grid (GITS 61, OSS 100-1000)
+DEFAULT_TOP = 3          # configurations that get a fitted schedule
+PRESET_FORMAT = "samplerbench-tuned-preset/1"
+TUNED_PREFIX = "tuned:"
+PRESETS_DIR = "presets"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}  # Student t, 97.5 %, by dof
+WAIT_POLL_S = 2.0        # a trial taken by another process: look again after this long
+
+# The discrete options searched per family (the grid is searched for every family that has one); options not
+# listed keep the value of the sampler as given (UniPC's variant, DPM-Solver's method, t_end: see ``search_space``).
+SPACES = {
+    "unipc": {"order": (1, 2, 3), "predict": ("x0", "eps"), "corrector": (True, False),
+              "lower_order_final": (True, False)},
+    "dpm_solver++": {"order": (1, 2, 3), "solver_type": ("dpmsolver", "taylor"), "lower_order_final": (True, False)},
+    "dpm_solver": {"order": (1, 2, 3), "solver_type": ("dpmsolver", "taylor"), "lower_order_final": (True, False)},
+}
+# The prediction / algorithm type of a family that registers it as separate samplers: DPM-Solver (noise) and ++ (data).
+FAMILY_BASES = {"dpm_solver++": ("dpm_solver++", "dpm_solver"), "dpm_solver": ("dpm_solver", "dpm_solver++")}
+
+
+# -- the fitted schedule -----------------------------------------------------------------------------------------
+def base_of(sampler) -> str:
+    return sampler.spec.base or sampler.name
+
+
+def fit_prediction(base: str, options: dict) -> str | None:
+    """The prediction type of the one-step map Phi, or None where the family does not spend one NFE per grid step."""
+    if base == "unipc":
+        return options["predict"]
+    if base in ("dpm_solver++", "dpm_solver") and options.get("method") == "multistep":
+        return "x0" if base == "dpm_solver++" else "eps"
+    return None
+
+
+def candidate_times(schedule, t_end: float | None, n: int) -> torch.Tensor:
+    """About ``n`` decreasing times from T to t_end: the union of a Karras rho = 7 and a logSNR grid (float64)."""
+    half = max(n // 2, 1)
+    ts = torch.cat([grids.time_grid(schedule, "karras", half, t_end), grids.time_grid(schedule, "logSNR", n - half,
+                                                                                        t_end)])
+    ts = torch.sort(ts, descending=True).values
+    keep = [0] + [i for i in range(1, len(ts)) if ts[i - 1] - ts[i] > 1e-12 * ts[i - 1]]
+    return ts[keep]
+
+
+def reference_trajectory(ck, x_T: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """x_ref at every time (len(times), *x_T.shape), float64: the checkpoint's reference solution chained segment by
+    segment where it takes ``t_start`` (the mixtures' oracle), else solved from T to each time."""
+    chained = "t_start" in inspect.signature(ck.reference_solution).parameters
+    out, x = [x_T.to(torch.float64)], x_T.to(torch.float64)
+    for s, t in zip(times[:-1].tolist(), times[1:].tolist()):
+        x = (ck.reference_solution(x, t, t_start=s) if chained else ck.reference_solution(x_T, t)).to(torch.float64)
+        out.append(x)
+    return torch.stack(out)
+
+
+def cost_matrix(model, traj: torch.Tensor, times: torch.Tensor, predict: str) -> torch.Tensor:
+    """C[i, j] (i < j; inf elsewhere): mean over samples of the RMS error of one first-order exponential-integrator
+    step from x_ref(t_i) to t_j against x_ref(t_j); float64 on the CPU."""
+    sch, n = model.schedule, len(times)
+    lam, alpha, sigma = sch.lambda_(times), sch.alpha(times), sch.sigma(times)
+    d = traj[0, 0].numel()
+    C = torch.full((n, n), math.inf, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(n - 1):
+            x, t = traj[i], times[i].to(traj.device)
+            m = (model.x0(x, t) if predict == "x0" else model.eps(x, t)).to(torch.float64).cpu()
+            j = torch.arange(i + 1, n)
+            h = (lam[j] - lam[i]).reshape(-1, *([1] * traj[0].dim()))
+            if predict == "x0":  # x_t = sigma_t / sigma_s x_s - alpha_t (e^{-h} - 1) x0_s
+                ratio = (sigma[j] / sigma[i]).reshape(h.shape)
+                step = ratio * x.cpu() - alpha[j].reshape(h.shape) * torch.expm1(-h) * m
+            else:  # x_t = alpha_t / alpha_s x_s - sigma_t (e^h - 1) eps_s
+                ratio = (alpha[j] / alpha[i]).reshape(h.shape)
+                step = ratio * x.cpu() - sigma[j].reshape(h.shape) * torch.expm1(h) * m
+            err = (step - traj[j].cpu()).reshape(len(j), traj.shape[1], -1)
+            C[i, j] = err.square().sum(-1).sqrt().mean(-1) / math.sqrt(d)
+    return C
+
+
+def fit_schedule(C: torch.Tensor, steps: int, gamma: float) -> list[int]:
+    """Indices 0 = i_0 < .. < i_K = N - 1 minimising V_K(N - 1), V_k(j) = min_i C[i, j] + gamma V_{k-1}(i) (GITS DP);
+    ties go to the lowest index (``argmin``'s first minimum), so the result is deterministic."""
+    n = C.shape[0]
+    if not 1 <= steps <= n - 1:
+        raise ValueError(f"cannot fit {steps} steps on a candidate grid of {n} points; allowed: 1..{n - 1}")
+    V = torch.full((n,), math.inf, dtype=torch.float64)
+    V[0] = 0.0
+    back = []
+    for _ in range(steps):
+        M = C + gamma * V[:, None]  # M[i, j]: arrive at j from i
+        back.append(torch.argmin(M, dim=0))
+        V = M.gather(0, back[-1][None]).squeeze(0)
+    path = [n - 1]
+    for arg in reversed(back):
+        path.append(int(arg[path[-1]]))
+    return path[::-1]
+
+
+# -- presets -----------------------------------------------------------------------------------------------------
+def preset_path(folder, name: str) -> Path:
+    return Path(folder) / PRESETS_DIR / f"{name}.json"
+
+
+def write_preset(folder, record: dict) -> Path:
+    from .atomic import atomic_write
+
+    path = preset_path(folder, record["name"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def read_preset(path) -> dict:
+    """A preset file, validated (JSON only, never unpickled); registers its times and ``tuned:<name>``. ValueError
+    naming the file and the problem otherwise."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        rec = json.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"tuned preset {path} does not exist; `bench tune` writes presets to RESULTS/{PRESETS_DIR}/")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"tuned preset {path} is not a JSON file ({type(exc).__name__}: {exc})") from None
+    need = {"format": str, "name": str, "base": str, "options": dict, "nfe": int, "checkpoint": str,
+            "fingerprint": str, "search": dict}
+    if not isinstance(rec, dict):
+        raise ValueError(f"tuned preset {path}: expected a JSON object, got {type(rec).__name__}")
+    for key, kind in need.items():
+        if not isinstance(rec.get(key), kind) or isinstance(rec.get(key), bool):
+            raise ValueError(f"tuned preset {path}: field {key!r} must be a {kind.__name__}, got {rec.get(key)!r}")
+    if rec["format"] != PRESET_FORMAT:
+        raise ValueError(f"tuned preset {path}: format {rec['format']!r}; allowed: {PRESET_FORMAT!r}")
+    if not NAME_RE.match(rec["name"]):
+        raise ValueError(f"tuned preset {path}: name {rec['name']!r} must match {NAME_RE.pattern}")
+    times = rec.get("times")
+    options = dict(rec["options"])
+    if times is not None:
+        if (not isinstance(times, list) or len(times) != rec["nfe"] + 1
+                or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in times)):
+            raise ValueError(f"tuned preset {path}: 'times' must be a list of nfe + 1 = {rec['nfe'] + 1} numbers")
+        name = grids.register_times(times)  # ValueError unless positive, finite, decreasing
+        if options.get("grid") != name:
+            raise ValueError(f"tuned preset {path}: option grid={options.get('grid')!r} does not name its times "
+                             f"(they hash to {name!r})")
+    elif isinstance(options.get("grid"), str) and options["grid"].startswith(grids.TIMES_PREFIX):
+        raise ValueError(f"tuned preset {path}: grid {options['grid']!r} needs its 'times'")
+    try:
+        samplers.get(rec["base"], **options)  # unknown base, options, values: the registry's message
+        register_tuned(rec)
+    except ValueError as exc:
+        raise ValueError(f"tuned preset {path}: {exc}") from None
+    return rec
+
+
+def register_tuned(rec: dict) -> str:
+    """Register ``tuned:<name>`` as the record's base with every option fixed; the same record twice is a no-op."""
+    name = TUNED_PREFIX + rec["name"]
+    if name in samplers.available():
+        spec = samplers.describe(name)
+        if spec.base == rec["base"] and dict(spec.fixed) == dict(samplers.get(rec["base"], **rec["options"]).options):
+            return name
+        raise ValueError(f"sampler {name!r} is already registered with other options")
+    full = dict(samplers.get(rec["base"], **rec["options"]).options)
+    from samplers.registry import register_preset
+    register_preset(name, rec["base"], in_default_sweep=False,
+                    description=f"tuned by `bench tune` on {rec['checkpoint']} for NFE {rec['nfe']}", **full)
+    return name
+
+
+def resolve_tuned_specs(specs, results) -> list | None:
+    """``run``'s --sampler specs with every ``tuned:NAME`` read from RESULTS/presets/NAME.json (or ``tuned:PATH.json``)
+    and registered; a path becomes ``tuned:<its name>``. Bad files: ValueError (one line, exit 2)."""
+    if not specs:
+        return specs
+    out = []
+    for spec in specs:
+        name, sep, rest = spec.partition(",")
+        if not name.startswith(TUNED_PREFIX):
+            out.append(spec)
+            continue
+        ref = name[len(TUNED_PREFIX):]
+        if ref.endswith(".json"):
+            rec = read_preset(ref)
+            out.append(TUNED_PREFIX + rec["name"] + sep + rest)
+            continue
+        folder = Path(results) / PRESETS_DIR
+        if any(c in ref for c in "*?["):
+            for path in sorted(folder.glob(f"{ref}.json")):
+                read_preset(path)
+        else:
+            read_preset(folder / f"{ref}.json")
+        out.append(spec)
+    return out
+
+
+# -- the search --------------------------------------------------------------------------------------------------
+@dataclass
+class TuneSettings:
+    """What a search is: everything here is recorded with its presets."""
+
+    checkpoint: str
+    nfes: list
+    specs: list
+    budget: int = DEFAULT_BUDGET
+    seed: int = 0
+    tune_samples: int = 64
+    val_seeds: int = 8
+    val_samples: int = 32
+    candidates: int = DEFAULT_CANDIDATES
+    top: int = DEFAULT_TOP
+    gammas: tuple = GAMMAS
+    results: str = "results/tune"
+    batch_size: int = 1000
+    quiet: bool = True
+    device: object = None
+    state_dtype: str = "float64"
+    extra: dict = field(default_factory=dict)
+
+    def seeds(self) -> tuple[int, list[int]]:
+        """(tuning seed, held-out seeds): distinct, drawn from ``seed`` alone."""
+        drawn = random.Random(self.seed).sample(range(1_000, 2**31), 1 + self.val_seeds)
+        return drawn[0], sorted(drawn[1:])
+
+
+def search_space(sampler, nfe: int) -> list[tuple[str, dict]]:
+    """Every (base, options) the screen tries: the family's bases (``FAMILY_BASES``: the prediction type) x its
+    ``SPACES`` x ``FIXED_GRIDS``, other options as given, in a fixed order; combinations that compute the same thing as
+    an earlier one are left out (``_redundant``)."""
+    base, given = base_of(sampler), dict(sampler.options)
+    out = []
+    for b in FAMILY_BASES.get(base, (base,)):
+        start = given
+        if b != base:  # the other prediction type: only where every option it lacks is at its default
+            has, own = samplers.describe(b).defaults, samplers.describe(base).defaults
+            if any(v != own[k] for k, v in given.items() if k not in has):
+                continue
+            start = {k: v for k, v in given.items() if k in has}
+        space = {k: v for k, v in SPACES.get(b, {}).items() if k in start}
+        if "grid" in start:
+            space["grid"] = FIXED_GRIDS
+        keys = list(space)
+        for values in itertools.product(*(space[k] for k in keys)):
+            opts = {**start, **dict(zip(keys, values))}
+            if not _redundant(b, opts, nfe):
+                out.append((b, opts))
+    return out
+
+
+def _redundant(base: str, o: dict, nfe: int) -> bool:
+    from samplers.dpm_solver import LOWER_ORDER_FINAL_MAX_STEPS
+
+    if base in ("dpm_solver++", "dpm_solver") and o.get("method") == "multistep":
+        if o["order"] != 2 and o["solver_type"] != "dpmsolver":
+            return True  # orders 1 and 3 have one update for both solver types
+        if (o["order"] == 1 or nfe >= LOWER_ORDER_FINAL_MAX_STEPS) and not o["lower_order_final"]:
+            return True  # lower_order_final acts only on order > 1 and short runs
+    if base == "unipc" and o["order"] == 1 and not o["lower_order_final"]:
+        return True
+    return False
+
+
+def _key(options: dict) -> str:
+    return json.dumps(options, sort_keys=True)
+
+
+class Search:
+    """One ``bench tune`` run: trials as cells of the results folder at ``settings.results``."""
+
+    def __init__(self, settings: TuneSettings, checkpoint, methods: list):
+        from .runner import RunOptions
+
+        self.s, self.ck, self.methods = settings, checkpoint, methods
+        self.tune_seed, self.val_seeds = settings.seeds()
+        self.opts = RunOptions(device=settings.device or torch.device("cpu"), batch_size=settings.batch_size)
+        self.cells_run = 0
+        self.start = time.perf_counter()
+
+    # cells ------------------------------------------------------------------
+    def _cells(self, sampler_objs, nfe, seeds, n):
+        from .grid import make_cells
+        return make_cells([self.s.checkpoint], sampler_objs, [nfe], seeds, n, state_dtype=self.s.state_dtype)
+
+    def _errors(self, cells) -> dict:
+        """Run the cells not yet stored (waiting for any another process holds), then {cell_id: solver error}."""
+        from .runner import run_sweep
+        from .store import ResultsStore
+
+        cells = list({c.cell_id: c for c in cells}.values())  # equal options: one cell
+        counts = run_sweep(cells, self.s.results, options=self.opts, progress=not self.s.quiet)
+        self.cells_run += sum(v for k, v in counts.items() if k not in ("skipped", "taken"))
+        store = ResultsStore(self.s.results)
+        want = {c.cell_id for c in cells}
+        while counts.get("taken") and not want <= store.done_cells():
+            time.sleep(WAIT_POLL_S)
+        df = store.read()
+        df = df[df["cell_id"].isin(want)]
+        err = {}
+        for _, row in df.iterrows():
+            v = row.get("solver_error_mean")
+            ok = row["status"] == "ok" and v is not None and math.isfinite(float(v))
+            err[row["cell_id"]] = float(v) if ok else math.inf
+        return err
+
+    # stages -----------------------------------------------------------------
+    def tune(self, sampler, nfe: int) -> dict:
+        """Screen, fit, validate one family at one NFE; returns its summary (and writes its preset)."""
+        from .preflight import one_line
+
+        s, base = self.s, base_of(sampler)
+        space = search_space(sampler, nfe)
+        pred_types = sorted({p for b, o in space if (p := fit_prediction(b, o)) is not None})
+        n_fit = min(s.top, len(space)) * len(s.gammas) if pred_types else 0
+        room = s.budget - n_fit
+        if room < 1:
+            raise ValueError(f"--budget {s.budget} leaves no screen trials for {sampler.name} after its {n_fit} "
+                             f"fitted schedules; allowed: >= {n_fit + 1}")
+        default = (base, dict(sampler.options))
+        if len(space) > room:  # a deterministic subset, always with the sampler as given
+            rest = [bo for bo in space if bo != default]
+            rest = random.Random(f"{s.seed}|{sampler.name}|{nfe}").sample(rest, room - (default in space))
+            space = ([default] if default in space else []) + rest
+        objs = [samplers.get(b, **o) for b, o in space]
+        cells = self._cells(objs, nfe, [self.tune_seed], s.tune_samples)
+        errs = self._errors(cells)
+        screen = [(errs.get(c.cell_id, math.inf), i) for i, c in enumerate(cells)]
+        trials = [(space[i], None, None, e) for e, i in screen]  # ((base, options), times, gamma, tuning error)
+        # fitted schedules for the best configurations that spend one NFE per step (one per grid-less config)
+        seen, chosen = set(), []
+        for e, i in sorted(screen):
+            b, o = space[i]
+            k = b + _key({**o, "grid": None})
+            if fit_prediction(b, o) and math.isfinite(e) and k not in seen and len(chosen) < s.top:
+                seen.add(k)
+                chosen.append((b, o))
+        fitted = []
+        for b, o in chosen:
+            C, times = self.cost(o, b, nfe)
+            for g in s.gammas:
+                ts = [float(times[i]) for i in fit_schedule(C, nfe, g)]
+                fitted.append(((b, {**o, "grid": grids.register_times(ts), "t_end": ts[-1]}), ts, g))
+        if fitted:
+            objs = [samplers.get(b, **o) for (b, o), _, _ in fitted]
+            cells = self._cells(objs, nfe, [self.tune_seed], s.tune_samples)
+            errs = self._errors(cells)
+            trials += [(bo, ts, g, errs.get(c.cell_id, math.inf)) for (bo, ts, g), c in zip(fitted, cells)]
+        best = min(range(len(trials)), key=lambda i: (trials[i][3], i))
+        (win_base, win_opts), win_times, win_gamma, win_err = trials[best]
+        best_fixed = min(range(len(screen)), key=lambda i: (screen[i][0], i))
+        # held-out validation: default, winner, the best fixed-grid trial, and the winner's options on each fixed grid
+        val = {"default": default, "tuned": (win_base, win_opts), "best_screen": space[screen[best_fixed][1]]}
+        for g in FIXED_GRIDS:
+            val[f"grid:{g}"] = (win_base, {**win_opts, "grid": g, "t_end": default[1].get("t_end")})
+        if win_times is not None:
+            val["grid:fitted"] = (win_base, win_opts)
+        keys = list(val)
+        objs = [samplers.get(b, **o) for b, o in val.values()]
+        per_seed = {}
+        cells = self._cells(objs, nfe, self.val_seeds, s.val_samples)
+        errs = self._errors(cells)
+        for c in cells:
+            k = keys[next(i for i, o in enumerate(objs) if o is c.sampler)]
+            per_seed.setdefault(k, {})[c.seed] = errs.get(c.cell_id, math.inf)
+        val_err = {k: [per_seed[k][sd] for sd in self.val_seeds] for k in keys}
+        summary = {
+            "sampler": sampler.name, "base": base, "nfe": nfe,
+            "tune_error": {"default": next((e for bo, _, _, e in trials if bo == default), None), "tuned": win_err},
+            "heldout_error": {k: _mean(v) for k, v in val_err.items()},
+            "paired": paired(val_err["default"], val_err["tuned"]),
+            "tuned_base": win_base, "tuned_options": win_opts, "tuned_times": win_times, "gamma": win_gamma,
+            "trials": len(trials), "screen_trials": len(space), "fitted_trials": len(fitted),
+            "heldout_seeds": self.val_seeds, "heldout_per_seed": val_err,
+        }
+        name = f"{s.checkpoint}-{sampler.name}-nfe{nfe}".replace(":", "_").replace("*", "_")
+        rec = {"format": PRESET_FORMAT, "name": name, "base": win_base, "options": win_opts, "times": win_times,
+               "nfe": nfe, "checkpoint": s.checkpoint, "fingerprint": self.ck.fingerprint or "",
+               "search": {"budget": s.budget, "seed": s.seed, "tune_seed": self.tune_seed,
+                          "tune_samples": s.tune_samples, "heldout_seeds": self.val_seeds,
+                          "heldout_samples": s.val_samples, "trials": len(trials), "gamma": win_gamma,
+                          "candidates": s.candidates, "objective": "solver_error_mean",
+                          "started_from": sampler.name},
+               "heldout": {"default": summary["heldout_error"]["default"],
+                           "tuned": summary["heldout_error"]["tuned"], "paired": summary["paired"]}}
+        try:
+            summary["preset"] = str(write_preset(s.results, rec))
+            read_preset(summary["preset"])  # what run reads: validated and registered here too
+        except OSError as exc:
+            raise ValueError(f"cannot write preset {name}: {one_line(exc)}") from None
+        summary["preset_name"] = TUNED_PREFIX + name
+        return summary
+
+    def cost(self, options: dict, base: str, nfe: int):
+        """The DP cost matrix of ``options``' prediction type and t_end on the tuning seed (cached on disk)."""
+        from safetensors.torch import load_file, save_file
+
+        from .atomic import atomic_write
+
+        s, ck = self.s, self.ck
+        sch = ck.model.schedule
+        t_end = grids.end_time(sch, options.get("t_end"))
+        predict = fit_prediction(base, options)
+        src = json.dumps({"checkpoint": s.checkpoint, "weights": ck.fingerprint, "seed": self.tune_seed,
+                          "n": s.tune_samples, "t_end": t_end, "candidates": s.candidates, "predict": predict,
+                          "shape": list(ck.data_shape)})
+        path = Path(s.results) / "cache" / f"tune-cost-{hashlib.sha256(src.encode()).hexdigest()[:24]}.safetensors"
+        times = candidate_times(sch, t_end, s.candidates)
+        if path.is_file():
+            try:
+                return load_file(str(path))["C"], times
+            except Exception:  # noqa: BLE001 -- a damaged cache file is recomputed, never trusted
+                pass
+        x_T = initial_noise(self.tune_seed, range(s.tune_samples), ck.data_shape, device=self.opts.device,
+                            std=sch.prior_std)
+        traj = self._trajectory(x_T, times, t_end)
+        C = cost_matrix(ck.model, traj, times, predict).contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: save_file({"C": C}, str(tmp)))
+        return C, times
+
+    def _trajectory(self, x_T, times, t_end):
+        from safetensors.torch import load_file, save_file
+
+        from .atomic import atomic_write
+
+        s, ck = self.s, self.ck
+        src = json.dumps({"checkpoint": s.checkpoint, "weights": ck.fingerprint, "seed": self.tune_seed,
+                          "n": s.tune_samples, "times": [float(t).hex() for t in times], "exact": ck.reference_exact})
+        path = Path(s.results) / "cache" / f"tune-traj-{hashlib.sha256(src.encode()).hexdigest()[:24]}.safetensors"
+        if path.is_file():
+            try:
+                return load_file(str(path))["x"].to(x_T.device)
+            except Exception:  # noqa: BLE001
+                pass
+        traj = reference_trajectory(ck, x_T, times)
+        cpu = {"x": traj.detach().cpu().contiguous()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: save_file(cpu, str(tmp)))
+        return traj
+
+
+def _mean(v):
+    return sum(v) / len(v) if v else math.nan
+
+
+def paired(default: list, tuned: list) -> dict:
+    """Paired per-seed differences default - tuned: mean, 95 % t interval, ratio of means, and whether the interval
+    excludes 0 (``resolved``); with one seed the interval is unknown (not resolved)."""
+    d = [a - b for a, b in zip(default, tuned)]
+    n = len(d)
+    mean = _mean(d)
+    if n < 2 or not all(math.isfinite(x) for x in d):
+        return {"n": n, "diff_mean": mean, "ci95": [math.nan, math.nan], "resolved": False,
+                "ratio": _mean(default) / _mean(tuned) if _mean(tuned) else math.nan}
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    t = T_975.get(n - 1) or T_975[max(k for k in T_975 if k <= n - 1)]
+    half = t * sd / math.sqrt(n)
+    lo, hi = mean - half, mean + half
+    return {"n": n, "diff_mean": mean, "ci95": [lo, hi], "resolved": lo > 0 or hi < 0,
+            "ratio": _mean(default) / _mean(tuned) if _mean(tuned) else math.inf}
+
+
+# -- the command -------------------------------------------------------------------------------------------------
+def check_tune_args(args) -> None:
+    """Scalar arguments of `tune`, before anything is loaded or written."""
+    from samplers.registry import validate_nfe
+
+    from .preflight import MAX_SAMPLES, MAX_SEED, MAX_SEEDS, check_size
+
+    big = args.allow_large
+    for nfe in args.nfe:
+        validate_nfe(nfe, allow_large=args.allow_large_nfe)
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed {args.seed}: must be in 0..2**63-1")
+    if args.budget < 2:
+        raise ValueError(f"--budget {args.budget}: must be >= 2 cells")
+    for flag, v, lo in (("--tune-samples", args.tune_samples, 1), ("--val-samples", args.val_samples, 1),
+                        ("--val-seeds", args.val_seeds, 1), ("--candidates", args.candidates, 3),
+                        ("--top", args.top, 0), ("--batch-size", args.batch_size, 1)):
+        if v < lo:
+            raise ValueError(f"{flag} {v}: must be >= {lo}")
+    check_size("--tune-samples", args.tune_samples, MAX_SAMPLES, big)
+    check_size("--val-samples", args.val_samples, MAX_SAMPLES, big)
+    check_size("--val-seeds", args.val_seeds, MAX_SEEDS, big)
+    check_size("--budget", args.budget, MAX_SEEDS * 10, big)
+    check_size("--candidates", args.candidates, 2000, big)
+    if max(args.nfe) >= args.candidates:
+        raise ValueError(f"--candidates {args.candidates}: a fitted schedule of NFE {max(args.nfe)} needs more "
+                         f"candidate times than steps; allowed: > {max(args.nfe)}")
+
+
+def plan_tune(args):
+    """The pre-flight of `tune` (preflight.py's path: methods, checkpoint with one network call, a dry-run of each
+    family, the results folder); returns (settings, checkpoint, methods). Nothing is written."""
+    from .devices import resolve_device
+    from .preflight import check_environment, check_output_folder, dry_run, load_checkpoints, resolve_methods
+    from .store import ResultsStore
+
+    if check_environment() != 1:
+        raise ValueError("bench tune runs in one process; share --results between processes to split its trials")
+    check_tune_args(args)
+    device = resolve_device(args.device)
+    methods = resolve_methods(args.sampler or list(DEFAULT_SAMPLERS), args.allow_large)
+    for m in methods:
+        if not hasattr(m, "spec") or m.adaptive or m.stochastic:
+            raise ValueError(f"--sampler {m.name}: tune searches deterministic fixed-NFE samplers; allowed: e.g. "
+                             f"{', '.join(DEFAULT_SAMPLERS)}")
+        if len(search_space(m, max(args.nfe))) < 2:
+            raise ValueError(f"--sampler {m.name}: it has no options tune can search (no time grid, no family in "
+                             f"{sorted(SPACES)})")
+    ck = load_checkpoints([args.checkpoint], device, allow_large=args.allow_large)[args.checkpoint]
+    for m in methods:
+        dry_run(ck, m, sorted(set(args.nfe)), 1, "float64", device)
+    check_output_folder(args.results, "tune --results")
+    ResultsStore(args.results).check()
+    settings = TuneSettings(args.checkpoint, sorted(set(args.nfe)), [m.name for m in methods], budget=args.budget,
+                            seed=args.seed, tune_samples=args.tune_samples, val_seeds=args.val_seeds,
+                            val_samples=args.val_samples, candidates=args.candidates, top=args.top,
+                            results=args.results, batch_size=args.batch_size, quiet=args.quiet, device=device)
+    return settings, ck, methods
+
+
+def run_tune(settings: TuneSettings, ck, methods) -> list[dict]:
+    """Every family at every NFE; writes presets and RESULTS/tune.json, RESULTS/tune.md; returns the summaries."""
+    from .atomic import atomic_write
+
+    search = Search(settings, ck, methods)
+    out = [search.tune(m, nfe) for m in methods for nfe in settings.nfes]
+    meta = {"checkpoint": settings.checkpoint, "budget": settings.budget, "seed": settings.seed,
+            "tune_seed": search.tune_seed, "heldout_seeds": search.val_seeds, "cells_run": search.cells_run,
+            "seconds": time.perf_counter() - search.start}
+    text = json.dumps({"search": meta, "results": out}, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(Path(settings.results) / "tune.json", lambda tmp: Path(tmp).write_text(text))
+    md = summary_table(out)
+    atomic_write(Path(settings.results) / "tune.md", lambda tmp: Path(tmp).write_text(md))
+    return out
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Markdown: held-out solver error default vs tuned with the paired difference, then fitted vs fixed grids."""
+    lines = ["| sampler | NFE | default | tuned | default / tuned | paired diff (95% CI) | resolved | tuned config |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        h, p, o = r["heldout_error"], r["paired"], r["tuned_options"]
+        cfg = f"{r['tuned_base']}: " + ", ".join(f"{k}={v}" for k, v in sorted(o.items())
+                                                 if k != "t_end" and not k.startswith("threshold"))
+        if r["gamma"] is not None:
+            cfg += f" (fitted, gamma={r['gamma']})"
+        lines.append(f"| {r['sampler']} | {r['nfe']} | {h['default']:.3g} | {h['tuned']:.3g} | {p['ratio']:.2f} | "
+                     f"{p['diff_mean']:.3g} [{p['ci95'][0]:.3g}, {p['ci95'][1]:.3g}] | "
+                     f"{'yes' if p['resolved'] else 'NO'} | {cfg} |")
+    lines += ["", "| sampler | NFE | fitted | " + " | ".join(FIXED_GRIDS) + " | best screen |",
+              "|---|---|---|" + "---|" * len(FIXED_GRIDS) + "---|"]
+    for r in rows:
+        h = r["heldout_error"]
+        fitted = f"{h['grid:fitted']:.3g}" if "grid:fitted" in h else "-"
+        lines.append(f"| {r['sampler']} | {r['nfe']} | {fitted} | "
+                     + " | ".join(f"{h[f'grid:{g}']:.3g}" for g in FIXED_GRIDS) + f" | {h['best_screen']:.3g} |")
+    return "\n".join(lines) + "\n"
