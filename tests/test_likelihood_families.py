@@ -2,6 +2,7 @@
 on the three families where their log-SNR ranges coincide (the ODE in lambda on the VP-scaled state
 y = xbar / sqrt(1 + rho^2) and VDM's bound in gamma are functions of lambda alone; only the prior N(0, prior_std^2 I)
 of x_T and, with truncation "none", the point where p_eps is read are each family's own)."""
+import json
 import math
 
 import pytest
@@ -61,22 +62,19 @@ def test_a_family_an_estimator_is_not_written_for_is_unsupported():
             est.estimate(model, x, None if est.adaptive else 4, seed=0, indices=range(2))
 
 
-@pytest.mark.parametrize("family", ["edm", "flow"])
+@pytest.mark.parametrize("family", ["vp", "edm", "flow"])
 def test_t_eps_none_is_the_schedule_end(family):
-    ck = pretrained.load(f"gmm-2d-{family}")
+    """VP: the same numbers as the former default t_eps = 1e-3, bit for bit."""
+    ck = pretrained.load("gmm-2d" if family == "vp" else f"gmm-2d-{family}")
     x, sch = ck.real_data(4, 0), ck.model.schedule
     for name, nfe in (("ode_heun", 4), ("vlb_discrete", 4)):
         a, b = _est(ck.model, name, x, nfe), _est(ck.model, name, x, nfe, t_eps=sch.t_end)
         assert torch.equal(a["nll_bpd"], b["nll_bpd"]), name
-    assert json_t_eps(L.get_estimator("ode_heun")) is None
+    assert json.loads(L.get_estimator("ode_heun").config_json())["t_eps"] is None
+    assert family != "vp" or sch.t_end == 1e-3
     for bad in (sch.T, 2 * sch.T, 0.0):  # at or above T, or sigma = 0: refused on this schedule
         with pytest.raises(ValueError, match="t_eps"):
             _est(ck.model, "ode_euler", x, 1, t_eps=bad)
-
-
-def json_t_eps(est):
-    import json
-    return json.loads(est.config_json())["t_eps"]
 
 
 # -- convergence to the exact NLL ------------------------------------------------------------------------
