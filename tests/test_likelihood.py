@@ -243,10 +243,11 @@ def test_nll_metrics_merge_ranks_and_standard_error():
 @pytest.mark.parametrize("name,kw", [("ode_euler", {}), ("ode_rk4", {"divergence": "exact", "truncation": "gaussian"}),
                                      ("vlb_continuous", {}), ("vlb_continuous", {"time_sampling": "time_uniform"}),
                                      ("vlb_discrete", {})])
-def test_fixed_nfe_estimators_run_on_the_state_device_and_dtype(name, kw):
+@pytest.mark.parametrize("ck_name", ["gmm-16d", "gmm-16d-edm", "gmm-16d-flow"])
+def test_fixed_nfe_estimators_run_on_the_state_device_and_dtype(name, kw, ck_name):
     """On the meta device any read of a value back to the host raises: none happens for continuous data."""
     import pretrained
-    model = pretrained.load("gmm-16d", "meta").model
+    model = pretrained.load(ck_name, "meta").model
     for dtype in (torch.float32, torch.float64):
         x = torch.empty(5, 16, device="meta", dtype=dtype)
         out = L.get_estimator(name, **kw).estimate(model, x, 4, seed=0, indices=range(5))
