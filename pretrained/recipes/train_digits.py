@@ -203,8 +203,8 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "training_curve.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["step", "train_loss", f"fid_{eval_sampler}{a.eval_nfe}_{a.eval_samples}", "elapsed_s",
-                    *state["columns"]])
+        # the quick-FID column is named by its default protocol (the manifest's fid_curve says the one run)
+        w.writerow(["step", "train_loss", f"fid_{eval_sampler}20_1000", "elapsed_s", *state["columns"]])
         w.writerows(state["curve"])
     best = state["best_step"]
     best_row = next(c for c in state["curve"] if c[0] == best)
