@@ -35,7 +35,7 @@ COLUMNS: dict[str, str] = {
     "fid": "float64",
     "kid": "float64",
     "kid_std": "float64",
-    "fid_ref": "string",             # the FID reference: content hash of a --fid-ref set (fidref-...), or the checkpoint's
+    "fid_ref": "string",             # a --fid-ref set's content hash (fidref-...); <NA>: the checkpoint's own reference
     "fid_ref_n": "Int64",            # its images (<NA>: precomputed statistics that do not say)
     "fid_extractor": "string",       # the feature extractor FID and KID used
     "nll_bpd": "float64",            # nll:* cells: mean NLL estimate of held-out data, bits/dim
@@ -76,7 +76,7 @@ METRICS: dict[str, bool] = {
 }
 
 KEY_COLUMNS = ("checkpoint", "sampler", "sampler_config", "nfe", "seed", "n_samples", "state_dtype", "net_dtype",
-               "guidance")
+               "guidance", "fid_ref")
 REQUIRED_COLUMNS = ("cell_id", "checkpoint", "sampler", "sampler_config", "nfe", "seed", "n_samples", "status")
 
 

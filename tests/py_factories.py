@@ -12,7 +12,7 @@ def _net(channels: int):
 
 
 def flow_rgb(device):
-    """A tiny convolutional velocity network on 3x8x8 (flow schedule, shift 2) and 16 real images in [-1, 1]."""
+    """A tiny convolutional velocity network on 3x8x8 (flow schedule, shift 2) and 8 real images in [-1, 1]."""
     CALLS.append("flow_rgb")
     net = _net(3).to(device)
 
@@ -22,7 +22,7 @@ def flow_rgb(device):
 
     model = samplers.DiffusionModel(fn, samplers.FlowMatching(shift=2.0), "velocity", data_shape=(3, 8, 8),
                                     net_dtype=torch.float64, device=device)
-    data = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    data = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     return model, data
 
 

@@ -135,12 +135,12 @@ def reference_spec(checkpoint, reference=None) -> ExtractorSpec:
 
 
 def reference_name(checkpoint, reference=None) -> dict:
-    """What a row names its FID reference by: {"fid_ref" (content hash or the checkpoint's key), "fid_ref_n" (images;
-    None where statistics do not say), "fid_extractor"}."""
+    """What a row names its FID reference by: {"fid_ref" (a reference set's content hash; None: the checkpoint's own,
+    which its name identifies), "fid_ref_n" (images; None where statistics do not say), "fid_extractor"}."""
     if reference is not None:
         return {"fid_ref": reference.key, "fid_ref_n": reference.n or None, "fid_extractor": reference.extractor}
-    key, n = checkpoint.extras["fid_reference"]
-    return {"fid_ref": key, "fid_ref_n": n, "fid_extractor": extractor_spec(checkpoint).name}
+    return {"fid_ref": None, "fid_ref_n": checkpoint.extras["fid_reference"][1],
+            "fid_extractor": extractor_spec(checkpoint).name}
 
 
 def reference_cache_path(checkpoint, cache_dir, reference=None) -> Path:
