@@ -35,7 +35,8 @@ import torch
 import samplers
 from samplers import grids, initial_noise
 
-GAMMAS = (0.9, 1.0, 1.1, 1.15, 1.2)  # GITS's discount coefficients (its default 1.15; ComfyUI exposes 0.8-1.5)
+GAMMAS = (0.9, 1.0, 1.1, 1.15, 1.2)
+FITS = ("local1", "local2")  # the DP's one-step cost: first-order step, or second-order multistep with its history  # GITS's discount coefficients (its default 1.15; ComfyUI exposes 0.8-1.5)
 FIXED_GRIDS = ("time_uniform", "time_quadratic", "logSNR", "karras")  # the published fixed grids
 DEFAULT_SAMPLERS = ("unipc_bh1_3", "dpm_solver++_3m")
 DEFAULT_BUDGET = 200     # trial cells per family and NFE (screen + fitted schedules), validation not counted
@@ -120,12 +121,66 @@ def cost_matrix(model, traj: torch.Tensor, times: torch.Tensor, predict: str) ->
     return C
 
 
+def cost_tensor2(model, traj: torch.Tensor, times: torch.Tensor, predict: str) -> torch.Tensor:
+    """C2[h, i, j] (h < i < j; inf elsewhere): as ``cost_matrix`` for the second-order multistep step from x_ref(t_i) to
+    t_j with the history at t_h (DPM-Solver-2M's update, Lu et al. 2022b, in the family's prediction type):
+    x_j = R x_i - c phi_1 (m_i + (m_i - m_h) / (2 r)), r = (lambda_i - lambda_h) / (lambda_j - lambda_i)."""
+    sch, n = model.schedule, len(times)
+    lam, alpha, sigma = sch.lambda_(times), sch.alpha(times), sch.sigma(times)
+    d = traj[0, 0].numel()
+    with torch.no_grad():
+        ms = torch.stack([(model.x0(traj[i], times[i].to(traj.device)) if predict == "x0"
+                           else model.eps(traj[i], times[i].to(traj.device))).to(torch.float64).cpu()
+                          for i in range(n - 1)])
+    xs = traj.cpu().reshape(n, traj.shape[1], -1)
+    ms = ms.reshape(n - 1, traj.shape[1], -1)
+    C2 = torch.full((n, n, n), math.inf, dtype=torch.float64)
+    for i in range(1, n - 1):
+        j = torch.arange(i + 1, n)
+        h = lam[j] - lam[i]
+        if predict == "x0":
+            ratio, c, phi = sigma[j] / sigma[i], alpha[j], torch.expm1(-h)
+        else:
+            ratio, c, phi = alpha[j] / alpha[i], sigma[j], torch.expm1(h)
+        base = ratio[:, None, None] * xs[i] - (c * phi)[:, None, None] * ms[i]  # (nj, B, d)
+        k = -(c * phi * h)[None, :] / (2.0 * (lam[i] - lam[:i]))[:, None]  # (nh, nj): weight of m_i - m_h
+        step = base[None] + k[:, :, None, None] * (ms[i] - ms[:i])[:, None]
+        C2[:i, i, i + 1:] = (step - xs[j][None]).square().sum(-1).sqrt().mean(-1) / math.sqrt(d)
+    return C2
+
+
+def fit_schedule2(C: torch.Tensor, C2: torch.Tensor, steps: int, gamma: float) -> list[int]:
+    """As ``fit_schedule`` with a second-order cost: the first step costs C[0, j], each later one C2[h, i, j] given
+    the node before (a DP over pairs of nodes, O(K N^3)); ties to the lowest index."""
+    n = C.shape[0]
+    if not 1 <= steps <= n - 1:
+        raise ValueError(f"cannot fit {steps} steps on a candidate grid of {n} points; allowed: 1..{n - 1}")
+    r = torch.arange(n)
+    up = r[:, None] < r[None]
+    C, C2 = C.masked_fill(~up, math.inf), C2.masked_fill(~(up[:, :, None] & up[None]), math.inf)  # forward only
+    V = torch.full((n, n), math.inf, dtype=torch.float64)
+    V[0] = C[0]  # V[i, j]: best cost of a path whose last two nodes are i, j
+    back = []
+    for _ in range(steps - 1):
+        M = C2 + gamma * V[:, :, None]  # M[h, i, j]: arrive at j from i, having come from h
+        back.append(torch.argmin(M, dim=0))
+        V = M.gather(0, back[-1][None]).squeeze(0)
+    i, j = int(torch.argmin(V[:, n - 1])), n - 1
+    path = [j, i]
+    for arg in reversed(back):
+        i, j = int(arg[i, j]), i
+        path.append(i)
+    return path[::-1]
+
+
 def fit_schedule(C: torch.Tensor, steps: int, gamma: float) -> list[int]:
     """Indices 0 = i_0 < .. < i_K = N - 1 minimising V_K(N - 1), V_k(j) = min_i C[i, j] + gamma V_{k-1}(i) (GITS DP);
     ties go to the lowest index (``argmin``'s first minimum), so the result is deterministic."""
     n = C.shape[0]
     if not 1 <= steps <= n - 1:
         raise ValueError(f"cannot fit {steps} steps on a candidate grid of {n} points; allowed: 1..{n - 1}")
+    r = torch.arange(n)
+    C = C.masked_fill(~(r[:, None] < r[None]), math.inf)  # forward steps only
     V = torch.full((n,), math.inf, dtype=torch.float64)
     V[0] = 0.0
     back = []
@@ -353,7 +408,7 @@ class Search:
         s, base = self.s, base_of(sampler)
         space = search_space(sampler, nfe)
         pred_types = sorted({p for b, o in space if (p := fit_prediction(b, o)) is not None})
-        n_fit = min(s.top, len(space)) * len(s.gammas) if pred_types else 0
+        n_fit = min(s.top, len(space)) * len(s.gammas) * len(FITS) if pred_types else 0
         room = s.budget - n_fit
         if room < 1:
             raise ValueError(f"--budget {s.budget} leaves no screen trials for {sampler.name} after its {n_fit} "
@@ -378,24 +433,29 @@ class Search:
                 chosen.append((b, o))
         fitted = []
         for b, o in chosen:
-            C, times = self.cost(o, b, nfe)
-            for g in s.gammas:
-                ts = [float(times[i]) for i in fit_schedule(C, nfe, g)]
-                fitted.append(((b, {**o, "grid": grids.register_times(ts), "t_end": ts[-1]}), ts, g))
+            (C, C2), times = self.cost(o, b, nfe)
+            for fit, g in itertools.product(FITS, s.gammas):
+                idx = fit_schedule(C, nfe, g) if fit == "local1" else fit_schedule2(C, C2, nfe, g)
+                ts = [float(times[i]) for i in idx]
+                fitted.append(((b, {**o, "grid": grids.register_times(ts), "t_end": ts[-1]}), ts, (fit, g)))
         if fitted:
             objs = [samplers.get(b, **o) for (b, o), _, _ in fitted]
             cells = self._cells(objs, nfe, [self.tune_seed], s.tune_samples)
             errs = self._errors(cells)
             trials += [(bo, ts, g, errs.get(c.cell_id, math.inf)) for (bo, ts, g), c in zip(fitted, cells)]
         best = min(range(len(trials)), key=lambda i: (trials[i][3], i))
-        (win_base, win_opts), win_times, win_gamma, win_err = trials[best]
+        (win_base, win_opts), win_times, win_fit, win_err = trials[best]
         best_fixed = min(range(len(screen)), key=lambda i: (screen[i][0], i))
-        # held-out validation: default, winner, the best fixed-grid trial, and the winner's options on each fixed grid
+        # held-out validation: default, winner, the best fixed-grid trial, and the best fitted schedule next to its
+        # own options on every fixed grid (the fitted-vs-fixed comparison, whoever won)
         val = {"default": default, "tuned": (win_base, win_opts), "best_screen": space[screen[best_fixed][1]]}
+        n_screen = len(screen)
+        best_fit = min(range(n_screen, len(trials)), key=lambda i: (trials[i][3], i), default=None)
+        (cmp_base, cmp_opts) = trials[best_fit][0] if best_fit is not None else (win_base, win_opts)
+        if best_fit is not None:
+            val["grid:fitted"] = (cmp_base, cmp_opts)
         for g in FIXED_GRIDS:
-            val[f"grid:{g}"] = (win_base, {**win_opts, "grid": g, "t_end": default[1].get("t_end")})
-        if win_times is not None:
-            val["grid:fitted"] = (win_base, win_opts)
+            val[f"grid:{g}"] = (cmp_base, {**cmp_opts, "grid": g, "t_end": default[1].get("t_end")})
         keys = list(val)
         objs = [samplers.get(b, **o) for b, o in val.values()]
         per_seed = {}
@@ -410,7 +470,11 @@ class Search:
             "tune_error": {"default": next((e for bo, _, _, e in trials if bo == default), None), "tuned": win_err},
             "heldout_error": {k: _mean(v) for k, v in val_err.items()},
             "paired": paired(val_err["default"], val_err["tuned"]),
-            "tuned_base": win_base, "tuned_options": win_opts, "tuned_times": win_times, "gamma": win_gamma,
+            "tuned_base": win_base, "tuned_options": win_opts, "tuned_times": win_times,
+            "fit": win_fit[0] if win_fit else None, "gamma": win_fit[1] if win_fit else None,
+            "fitted_compared": {"base": cmp_base, "options": cmp_opts,
+                                "fit": trials[best_fit][2][0] if best_fit is not None else None,
+                                "gamma": trials[best_fit][2][1] if best_fit is not None else None},
             "trials": len(trials), "screen_trials": len(space), "fitted_trials": len(fitted),
             "heldout_seeds": self.val_seeds, "heldout_per_seed": val_err,
         }
@@ -419,7 +483,8 @@ class Search:
                "nfe": nfe, "checkpoint": s.checkpoint, "fingerprint": self.ck.fingerprint or "",
                "search": {"budget": s.budget, "seed": s.seed, "tune_seed": self.tune_seed,
                           "tune_samples": s.tune_samples, "heldout_seeds": self.val_seeds,
-                          "heldout_samples": s.val_samples, "trials": len(trials), "gamma": win_gamma,
+                          "heldout_samples": s.val_samples, "trials": len(trials),
+                          "fit": win_fit[0] if win_fit else None, "gamma": win_fit[1] if win_fit else None,
                           "candidates": s.candidates, "objective": "solver_error_mean",
                           "started_from": sampler.name},
                "heldout": {"default": summary["heldout_error"]["default"],
@@ -443,22 +508,24 @@ class Search:
         t_end = grids.end_time(sch, options.get("t_end"))
         predict = fit_prediction(base, options)
         src = json.dumps({"checkpoint": s.checkpoint, "weights": ck.fingerprint, "seed": self.tune_seed,
-                          "n": s.tune_samples, "t_end": t_end, "candidates": s.candidates, "predict": predict,
+                          "n": s.tune_samples, "t_end": t_end, "candidates": s.candidates, "predict": predict, "fits": list(FITS),
                           "shape": list(ck.data_shape)})
         path = Path(s.results) / "cache" / f"tune-cost-{hashlib.sha256(src.encode()).hexdigest()[:24]}.safetensors"
         times = candidate_times(sch, t_end, s.candidates)
         if path.is_file():
             try:
-                return load_file(str(path))["C"], times
+                saved = load_file(str(path))
+                return (saved["C"], saved["C2"]), times
             except Exception:  # noqa: BLE001 -- a damaged cache file is recomputed, never trusted
                 pass
         x_T = initial_noise(self.tune_seed, range(s.tune_samples), ck.data_shape, device=self.opts.device,
                             std=sch.prior_std)
         traj = self._trajectory(x_T, times, t_end)
         C = cost_matrix(ck.model, traj, times, predict).contiguous()
+        C2 = cost_tensor2(ck.model, traj, times, predict).contiguous()
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: save_file({"C": C}, str(tmp)))
-        return C, times
+        atomic_write(path, lambda tmp: save_file({"C": C, "C2": C2}, str(tmp)))
+        return (C, C2), times
 
     def _trajectory(self, x_T, times, t_end):
         from safetensors.torch import load_file, save_file
@@ -587,15 +654,19 @@ def summary_table(rows: list[dict]) -> str:
         cfg = f"{r['tuned_base']}: " + ", ".join(f"{k}={v}" for k, v in sorted(o.items())
                                                  if k != "t_end" and not k.startswith("threshold"))
         if r["gamma"] is not None:
-            cfg += f" (fitted, gamma={r['gamma']})"
+            cfg += f" (fitted: {r['fit']}, gamma={r['gamma']})"
         lines.append(f"| {r['sampler']} | {r['nfe']} | {h['default']:.3g} | {h['tuned']:.3g} | {p['ratio']:.2f} | "
                      f"{p['diff_mean']:.3g} [{p['ci95'][0]:.3g}, {p['ci95'][1]:.3g}] | "
                      f"{'yes' if p['resolved'] else 'NO'} | {cfg} |")
-    lines += ["", "| sampler | NFE | fitted | " + " | ".join(FIXED_GRIDS) + " | best screen |",
+    lines += ["", "Best fitted schedule (least tuning error) against the fixed grids, same solver options:", "",
+              "| sampler | NFE | fitted (cost, gamma) | " + " | ".join(FIXED_GRIDS) + " | solver options |",
               "|---|---|---|" + "---|" * len(FIXED_GRIDS) + "---|"]
     for r in rows:
         h = r["heldout_error"]
-        fitted = f"{h['grid:fitted']:.3g}" if "grid:fitted" in h else "-"
+        fc = r["fitted_compared"]
+        fitted = f"{h['grid:fitted']:.3g} ({fc['fit']}, {fc['gamma']})" if "grid:fitted" in h else "-"
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(fc["options"].items())
+                         if k not in ("t_end", "grid") and not k.startswith("threshold"))
         lines.append(f"| {r['sampler']} | {r['nfe']} | {fitted} | "
-                     + " | ".join(f"{h[f'grid:{g}']:.3g}" for g in FIXED_GRIDS) + f" | {h['best_screen']:.3g} |")
+                     + " | ".join(f"{h[f'grid:{g}']:.3g}" for g in FIXED_GRIDS) + f" | {fc['base']}: {opts} |")
     return "\n".join(lines) + "\n"

@@ -44,6 +44,25 @@ def test_fit_schedule_is_the_exhaustive_optimum_with_exactly_k_steps(gamma):
         assert path == _brute_force(C, k, gamma)
 
 
+@pytest.mark.parametrize("gamma", [0.9, 1.15])
+def test_second_order_fit_is_the_exhaustive_optimum(gamma):
+    import itertools
+    g = torch.Generator().manual_seed(5)
+    n = 8
+    C = torch.rand(n, n, generator=g, dtype=torch.float64)
+    C2 = torch.rand(n, n, n, generator=g, dtype=torch.float64)
+    for k in (1, 2, 4):
+        best = (math.inf, None)
+        for mid in itertools.combinations(range(1, n - 1), k - 1):
+            p = (0, *mid, n - 1)
+            v = C[0, p[1]].item()
+            for a, b, c in zip(p, p[1:], p[2:]):
+                v = C2[a, b, c].item() + gamma * v
+            if v < best[0] - 1e-15:
+                best = (v, list(p))
+        assert tune.fit_schedule2(C, C2, k, gamma) == best[1]
+
+
 def test_fit_schedule_breaks_ties_to_the_lowest_index():
     n = 5
     C = torch.full((n, n), math.inf, dtype=torch.float64)
@@ -126,7 +145,8 @@ def test_fitted_schedule_is_compared_with_every_fixed_grid(tuned):
     for r in rows.values():
         h = r["heldout_error"]
         assert all(math.isfinite(h[f"grid:{g}"]) for g in tune.FIXED_GRIDS)
-        assert r["fitted_trials"] == tune.DEFAULT_TOP * len(tune.GAMMAS)
+        assert r["fitted_trials"] == tune.DEFAULT_TOP * len(tune.GAMMAS) * len(tune.FITS)
+        assert "grid:fitted" in h and r["fitted_compared"]["fit"] in tune.FITS
         if r["gamma"] is not None:  # the winner is a fitted schedule: its own row is the tuned one
             assert h["grid:fitted"] == h["tuned"]
     md = tune.summary_table(list(rows.values()))
