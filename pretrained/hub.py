@@ -240,10 +240,6 @@ def _betas(path: Path, config: dict) -> torch.Tensor:
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
         raise ValueError(f"{path}: prediction_type {prediction!r} not supported; allowed: {list(PREDICTIONS)}")
-    steps = config.get("num_train_timesteps", 1000)
-    if isinstance(steps, int) and steps > MAX_TRAIN_TIMESTEPS and not _ALLOW_LARGE.get():
-        raise ValueError(f"{path}: num_train_timesteps {steps} exceeds the cap of {MAX_TRAIN_TIMESTEPS}; pass "
-                         f"--allow-large to load it")
     betas = _built(path, cls, config).betas.to(torch.float64)
     try:
         VPDiscrete(betas)  # raises ValueError unless every beta is in (0, 1)
@@ -260,9 +256,14 @@ def _number(path: Path, config: dict, key: str, default: float) -> float:
 
 
 def _built(path: Path, cls: str, config: dict):
-    """diffusers' scheduler ``cls`` from ``config``: what diffusers refuses is refused here, in one line."""
+    """diffusers' scheduler ``cls`` from ``config``: what diffusers refuses is refused here, in one line; a
+    ``num_train_timesteps`` above MAX_TRAIN_TIMESTEPS (the length of the tables diffusers builds) unless allow_large."""
     import diffusers
 
+    steps = config.get("num_train_timesteps", 1000)
+    if isinstance(steps, int) and steps > MAX_TRAIN_TIMESTEPS and not _ALLOW_LARGE.get():
+        raise ValueError(f"{path}: num_train_timesteps {steps} exceeds the cap of {MAX_TRAIN_TIMESTEPS}; pass "
+                         f"--allow-large to load it")
     try:
         return getattr(diffusers, cls).from_config(config)
     except Exception as e:  # noqa: BLE001 -- any config diffusers cannot build from is the user's file

@@ -188,6 +188,10 @@ CASES = [
     ("sizes above their caps", "hub num_train_timesteps above the cap",
      lambda t, s, mp: [*RUN, "--checkpoint", _hub(t, scheduler={"num_train_timesteps": 10**10}), "--results", f"{t}/r"],
      ["num_train_timesteps", "--allow-large"]),
+    ("sizes above their caps", "flow hub num_train_timesteps above the cap",
+     lambda t, s, mp: [*RUN, "--checkpoint", _hub(t, scheduler={"_class_name": "FlowMatchEulerDiscreteScheduler",
+                                                                "num_train_timesteps": 10**10}),
+                       "--results", f"{t}/r"], ["num_train_timesteps", "--allow-large"]),
     # 3. the results folder's own entries
     ("results folder's own entries", "lock is a folder", lambda t, s, mp: [*RUN, "--results", str(_entry(t, s, ".lock", "folder"))],
      [".lock", "should be a file"]),
