@@ -28,12 +28,32 @@ def _hub_folder(tmp: Path, kind: str) -> str:
     sched = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000}
     if kind == "bad-scheduler-class":
         sched["_class_name"] = "os.system"
+    if kind == "flow-dynamic-shift":
+        sched = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0, "use_dynamic_shifting": True}
     (folder / "scheduler_config.json").write_text(json.dumps(sched))
     if kind == "pickle-only":
         torch.save({"w": torch.zeros(1)}, folder / "diffusion_pytorch_model.bin")
     if kind == "bad-json":
         (folder / "config.json").write_text("{not json")
     return str(folder)
+
+
+def _fid_ref(tmp: Path, kind: str) -> str:
+    """A --fid-ref file broken in one way (issue 20)."""
+    import numpy as np
+
+    if kind == "pickle":
+        path = tmp / "ref.pkl"
+        path.write_bytes(b"\x80\x04K\x01.")  # pickle.dumps(1)
+        return str(path)
+    path = tmp / f"ref-{kind}.npz"
+    if kind == "too-few":
+        np.savez(path, images=np.zeros((3, 8, 8), np.uint8))
+    elif kind == "nan-statistics":
+        np.savez(path, mu=np.full(64, np.nan), sigma=np.eye(64))
+    elif kind == "rgb-16":
+        np.savez(path, images=np.zeros((8, 16, 16, 3), np.uint8))
+    return str(path)
 
 
 def _results_with(tmp: Path, kind: str) -> str:
@@ -102,6 +122,25 @@ CASES = [
      ["os.system"]),
     ("hub config not JSON", lambda t: [*RUN[:1], "--checkpoint", f"hub:{_hub_folder(t, 'bad-json')}", "--results",
                                        f"{t}/r"], ["config.json"]),
+    ("hub scheduler config not supported",
+     lambda t: [*RUN[:1], "--checkpoint", f"hub:{_hub_folder(t, 'flow-dynamic-shift')}", "--results", f"{t}/r"],
+     ["use_dynamic_shifting=True is not supported", "allowed"]),
+    ("py checkpoint not module:factory", lambda t: [*RUN[:1], "--checkpoint", "py:examples.my_model", "--results",
+                                                    f"{t}/r"], ["py:package.module:factory"]),
+    ("py factory missing", lambda t: [*RUN[:1], "--checkpoint", "py:examples.my_model:nothing", "--results",
+                                      f"{t}/r"], ["has no function 'nothing'"]),
+    ("FID reference that needs pickle", lambda t: [*RUN, "--fid-ref", _fid_ref(t, "pickle"), "--results", f"{t}/r"],
+     ["pickle", "never loaded"]),
+    ("FID reference of too few images", lambda t: [*RUN, "--fid-ref", _fid_ref(t, "too-few"), "--results", f"{t}/r"],
+     ["3 images", "at least 4"]),
+    ("FID statistics not finite", lambda t: [*RUN, "--fid-ref", _fid_ref(t, "nan-statistics"), "--results",
+                                             f"{t}/r"], ["non-finite"]),
+    ("FID reference of another shape", lambda t: [*RUN, "--checkpoint", "digits", "--fid-ref", _fid_ref(t, "rgb-16"),
+                                                  "--results", f"{t}/r"], ["(3, 16, 16)", "digits"]),
+    ("FID reference for a checkpoint without images", lambda t: [*RUN, "--fid-ref", _fid_ref(t, "rgb-16"),
+                                                                 "--results", f"{t}/r"], ["gmm-2d", "not images"]),
+    ("feature extractor without a reference", lambda t: [*RUN, "--fid-extractor", "inception-v3-compat", "--results",
+                                                         f"{t}/r"], ["--fid-extractor", "--fid-ref"]),
     ("NFE zero", lambda t: [*BASE, "--nfe", "0", "--results", f"{t}/r"], ["NFE", "0"]),
     ("NFE negative", lambda t: [*BASE, "--nfe", "-3", "--results", f"{t}/r"], ["-3"]),
     ("NFE above the cap", lambda t: [*BASE, "--nfe", "100000", "--results", f"{t}/r"],
