@@ -18,6 +18,17 @@ GAIN = {"unipc_bh1_3": 3.0, "dpm_solver++_3m": 2.0}  # measured here 4.0x and 2.
 SETTINGS = dict(tune_samples=32, val_seeds=4, val_samples=16, seed=0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _forget_tuned_presets():
+    """Presets registered here leave the registry with this module (other tests list every sampler)."""
+    from samplers.registry import _REGISTRY
+    before = set(_REGISTRY)
+    yield
+    for name in set(_REGISTRY) - before:
+        if name.startswith(tune.TUNED_PREFIX):
+            del _REGISTRY[name]
+
+
 # -- the DP and explicit grids --------------------------------------------------------------------------------------
 def _brute_force(C, steps, gamma):
     import itertools
@@ -236,3 +247,34 @@ def test_search_resumes_after_an_interruption_without_repeating_trials(tmp_path,
     again = tune.run_tune(settings, gmm2d, method)[0]  # everything stored: nothing runs, the same answer
     assert calls == [] and again["tuned_options"] == first["tuned_options"]
     assert again["tuned_times"] == first["tuned_times"]
+
+
+def test_search_resumes_after_kill_9(tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bench import runner
+
+    cmd = ["tune", "--checkpoint", "gmm-2d", "--nfe", "5", "--sampler", "unipc_bh1_3", "--budget", "30", "--top", "1",
+           "--val-seeds", "2", "--tune-samples", "8", "--val-samples", "8", "--results", str(tmp_path), "--quiet",
+           "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    store, deadline = ResultsStore(tmp_path), time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if store.path.exists() and len(store.read()) >= 6:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    stored = set(store.read()["cell_id"])
+    real, calls = runner.run_cell, []
+    monkeypatch.setattr(runner, "run_cell", lambda ck, cell, *a, **k: calls.append(cell.cell_id) or real(ck, cell, *a, **k))
+    assert main(cmd) == 0
+    assert calls and not stored & set(calls)
+    assert ResultsStore(tmp_path).read(all_attempts=True)["cell_id"].is_unique
