@@ -40,8 +40,8 @@ from .weights import file_sha256, read_json_object
 
 PREFIX = "hub:"
 DEFAULT_N_SAMPLES = 1000
+REFERENCE_SAMPLES = 500  # solver error on the first 500 samples of a cell: a 50,000-sample cell's reference stays small
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
-UNET_CLASS = "UNet2DModel"
 MODEL_CLASSES = "an unconditional diffusers model class called as model(x, t), such as 'UNet2DModel'"
 # diffusers schedulers whose config defines DDPM betas (diffusers' KarrasDiffusionSchedulers less EDMEuler).
 SCHEDULER_CLASSES = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
@@ -337,7 +337,8 @@ def fingerprint(info: HubFolder) -> str:
 
 
 def load_diffusers(path_or_hub_id: str, *, local_files_only: bool | None = None, device="cpu") -> Checkpoint:
-    """Load a diffusers model + scheduler as a Checkpoint (reference: dopri5 on the PF-ODE, rtol 1e-5).
+    """Load a diffusers model + scheduler as a Checkpoint (reference: dopri5 on the PF-ODE, rtol 1e-5, for the first
+    REFERENCE_SAMPLES samples of a cell).
 
     Args:
         path_or_hub_id: a local folder (pipeline layout or flat model folder) or a hub id ("google/ddpm-cifar10-32").
@@ -370,7 +371,8 @@ def load_diffusers(path_or_hub_id: str, *, local_files_only: bool | None = None,
     return Checkpoint(name=name, model=model,
                       description=f"diffusers {info.unet_config['_class_name']} ({fam.name}) from {path_or_hub_id}",
                       reference_solution=lambda x_T, t_end: reference_ode_solution(model, x_T, t_end),
-                      real_data=no_real_data, reference_exact=False, fingerprint=fingerprint(info),
+                      real_data=no_real_data, reference_exact=False, reference_samples=REFERENCE_SAMPLES,
+                      fingerprint=fingerprint(info),
                       extras={"folder": str(info.folder), "scheduler_config": info.scheduler_config,
                               "learned_variance": learned_variance, "unet": net, "family": fam.name}, device=device)
 

@@ -49,12 +49,14 @@ def refs(tmp_path_factory, images):
     t = tmp_path_factory.mktemp("refs")
     np.savez(t / "nhw.npz", images[:, 0])               # (N, H, W), under arr_0
     np.savez(t / "nchw.npz", images=images)             # (N, C, H, W)
+    np.save(t / "nhwc.npy", images.transpose(0, 2, 3, 1))  # (N, H, W, C), memory-mapped when read
     return {"folder": write_folder(t / "folder", images), "npz": t / "nhw.npz", "npz-nchw": t / "nchw.npz",
+            "npy-nhwc": t / "nhwc.npy",
             "statistics": write_stats(t / "stats.npz", images, n=np.int64(N_REF))}
 
 
 def test_the_same_images_have_the_same_name_in_any_container(refs):
-    names = {kind: rs.open_reference(refs[kind]) for kind in ("folder", "npz", "npz-nchw")}
+    names = {kind: rs.open_reference(refs[kind]) for kind in ("folder", "npz", "npz-nchw", "npy-nhwc")}
     assert len({r.digest for r in names.values()}) == 1
     assert all(r.n == N_REF and r.shape == (1, 8, 8) and r.extractor == features.FID_EXTRACTOR
                for r in names.values())
@@ -162,7 +164,8 @@ BAD_REFS = {
     "object array": "holds Python objects (pickle), which are never loaded",
     "float images": "images are float32; expected uint8",
     "too few images": "3 images; FID needs at least 4",
-    "images of another shape": "images of shape (3, 16, 16), but checkpoint 'py:py_factories:edm_gray' samples (1, 8, 8)",
+    "images of another shape": "images of shape (3, 16, 16), but checkpoint 'py:py_factories:edm_gray' samples "
+                               "(1, 8, 8)",
     "mixed shapes": "images differ in shape",
     "non-finite statistics": "mu or sigma has non-finite values",
     "statistics of unknown dimension": "statistics of dimension 10 match no feature extractor; allowed:",

@@ -99,7 +99,8 @@ def test_run_report_check_end_to_end_with_fid(tmp_path, family):
     row = ResultsStore(r).read().iloc[0]
     assert row["status"] == "ok", row["error"]
     assert np.isfinite(row["fid"]) and row["fid"] > 0 and np.isfinite(row["solver_error_mean"])
-    assert row["fid_ref"].startswith("fidref-") and row["fid_ref_n"] == 32 and row["fid_extractor"] == "digits-classifier"
+    assert row["fid_ref"].startswith("fidref-") and row["fid_ref_n"] == 32
+    assert row["fid_extractor"] == "digits-classifier"
     assert main(["report", "--results", str(r), "--out", str(tmp_path / "rep")]) == 0
     assert main(["baseline", "--results", str(r), "--out", str(tmp_path / "b.csv")]) == 0
     assert main(["check", "--baseline", str(tmp_path / "b.csv"), "--results", str(r)]) == 0
@@ -117,7 +118,8 @@ BAD_CONFIGS = {  # family to start from, scheduler config changes, what the one 
                               "prediction_type 'sample' not supported by diffusers' EDM preconditioning; allowed: "
                               "['epsilon', 'v_prediction']"),
     "EDM sigma_min above sigma_max": ("edm", {"sigma_min": 100.0}, "0 < sigma_min < sigma_max"),
-    "unknown scheduler": ("flow", {"_class_name": "LCMScheduler"}, "is not a supported diffusers scheduler; allowed: VP"),
+    "unknown scheduler": ("flow", {"_class_name": "LCMScheduler"},
+                          "is not a supported diffusers scheduler; allowed: VP"),
 }
 
 

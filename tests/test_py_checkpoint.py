@@ -64,7 +64,8 @@ def test_rgb_factory_with_data_runs_report_and_check_with_inception_fid(tmp_path
         Image.fromarray(a).save(folder / f"{i}.png")
     assert main([*base, "--fid-ref", str(folder)]) == 0  # the same images as a folder: another cell, the same FID
     df = ResultsStore(r).read()
-    assert (df["status"] == "ok").all() and df["fid"].notna().all() and (df["fid_extractor"] == features.INCEPTION).all()
+    assert (df["status"] == "ok").all() and df["fid"].notna().all()
+    assert (df["fid_extractor"] == features.INCEPTION).all()
     own, ref = df[df["fid_ref"].isna()].iloc[0], df[df["fid_ref"].notna()].iloc[0]
     assert ref["fid_ref"].startswith("fidref-") and own["fid_ref_n"] == ref["fid_ref_n"] == 8
     assert ref["fid"] == pytest.approx(own["fid"], rel=1e-4)  # reference sets in another order: same statistics
@@ -92,7 +93,8 @@ def test_fingerprint_follows_the_weights(monkeypatch):
 def test_readme_example_factory():
     ck = pysource.load_python("examples.my_model:build")
     assert ck.model.prediction == "velocity" and ck.data_shape == (1, 8, 8)
-    assert ck.extras["fid"] == "auto" and ck.extras["fid_reference"][1] == 300 and ck.real_data(5, 0).shape == (5, 1, 8, 8)
+    assert ck.extras["fid"] == "auto" and ck.extras["fid_reference"][1] == 300
+    assert ck.real_data(5, 0).shape == (5, 1, 8, 8)
 
 
 @pytest.mark.parametrize("name, says", [

@@ -88,8 +88,8 @@ def _choose(extractor: str, *, shape: tuple = (), dim: int = 0, path="") -> str:
 
 # -- reading ------------------------------------------------------------------------------------------------------
 def _npz(path: Path):
-    try:
-        return np.load(path, allow_pickle=False)
+    try:  # an .npy is memory-mapped: only the batch being read is in memory
+        return np.load(path, allow_pickle=False, mmap_mode="r" if path.suffix.lower() == ".npy" else None)
     except ValueError as e:
         if "pickle" in str(e):
             raise ValueError(f"--fid-ref {path} holds pickled data, which is {PICKLE_REFUSED}") from None
@@ -108,22 +108,33 @@ def _array(npz, key: str, path: Path) -> np.ndarray:
         raise ValueError(f"--fid-ref {path}: entry {key!r} cannot be read ({e})") from None
 
 
-def _nchw(images: np.ndarray, path: Path) -> np.ndarray:
-    """uint8 images as (N, C, H, W) from (N, H, W), (N, H, W, C) or (N, C, H, W) with C in (1, 3)."""
+def _layout(images: np.ndarray, path: Path) -> str:
+    """How uint8 images are laid out: "nhw", "nhwc" or "nchw" (C in (1, 3)); ValueError otherwise."""
     if images.dtype != np.uint8:
         raise ValueError(f"--fid-ref {path}: images are {images.dtype}; expected uint8 0..255 (convert with "
                          f"(x * 127.5 + 127.5).round().clip(0, 255).astype(np.uint8) for [-1, 1] data)")
     if images.ndim == 3:
-        images = images[:, None]
+        layout = "nhw"
     elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
-        images = images.transpose(0, 3, 1, 2)
-    elif not (images.ndim == 4 and images.shape[1] in (1, 3)):
+        layout = "nhwc"
+    elif images.ndim == 4 and images.shape[1] in (1, 3):
+        layout = "nchw"
+    else:
         raise ValueError(f"--fid-ref {path}: images of shape {images.shape}; expected (N, H, W), (N, H, W, C) or "
                          f"(N, C, H, W) with C = 1 or 3")
-    if max(images.shape[2:]) > MAX_IMAGE_SIDE:
-        raise ValueError(f"--fid-ref {path}: images of {images.shape[2]}x{images.shape[3]} exceed "
-                         f"{MAX_IMAGE_SIDE} pixels per side")
-    return np.ascontiguousarray(images)
+    side = max(images.shape[1:3]) if layout != "nchw" else max(images.shape[2:])
+    if side > MAX_IMAGE_SIDE:
+        raise ValueError(f"--fid-ref {path}: images of {side} pixels per side exceed {MAX_IMAGE_SIDE}")
+    return layout
+
+
+def _nchw(batch: np.ndarray, layout: str) -> np.ndarray:
+    """One batch as contiguous (B, C, H, W) (only the batch is read from a memory-mapped array)."""
+    if layout == "nhw":
+        batch = batch[:, None]
+    elif layout == "nhwc":
+        batch = batch.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(batch)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -173,9 +184,9 @@ def _iter_image_batches(path: Path, batch: int = READ_BATCH) -> Iterator[np.ndar
     else:
         keys = [k for k in IMAGE_KEYS if k in data.files]
         images = _array(data, keys[0], path)
-    images = _nchw(images, path)
+    layout = _layout(images, path)
     for lo in range(0, len(images), batch):
-        yield images[lo:lo + batch]
+        yield _nchw(images[lo:lo + batch], layout)
 
 
 def _digest_images(path: Path) -> tuple[str, int, tuple]:
@@ -273,7 +284,7 @@ def statistics(ref: ReferenceSet) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_checkpoint(ref: ReferenceSet, ck) -> None:
-    """ValueError unless the checkpoint's samples can be compared with ``ref`` (images of its shape, by its extractor)."""
+    """ValueError unless the checkpoint's samples can be compared with ``ref`` (images of its shape, its extractor)."""
     shape = tuple(ck.data_shape)
     if not (len(shape) == 3 and shape[0] in (1, 3)):
         raise ValueError(f"--fid-ref: checkpoint {ck.name!r} has data of shape {shape}, not images (C, H, W) with "
