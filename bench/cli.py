@@ -175,12 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fid-extractor", default="auto", choices=("auto", "digits-classifier", "inception-v3-compat"),
                    help="feature extractor for --fid-ref (default: auto, the digits classifier for 1x8x8 grayscale, "
                         "Inception otherwise; statistics: by their dimension)")
-    r.add_argument("--fid-ref", default=None, metavar="PATH",
-                   help="FID reference set for every checkpoint: a folder of images, an .npz of uint8 images or an "
-                        ".npz of statistics (mu, sigma; EDM's fid.py ref, clean-fid); never unpickled")
-    r.add_argument("--fid-extractor", default="auto", choices=("auto", "digits-classifier", "inception-v3-compat"),
-                   help="feature extractor for --fid-ref (default: auto, the digits classifier for 1x8x8 grayscale, "
-                        "Inception otherwise; statistics: by their dimension)")
     r.add_argument("--n-samples", type=int, default=None,
                    help="samples per cell (default: the checkpoint's, see `bench list`)")
     r.add_argument("--nll-samples", type=int, default=DEFAULT_NLL_SAMPLES,
