@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import warnings
 from pathlib import Path
 
@@ -344,7 +345,11 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, capsys, monke
 
 def test_verbose_shows_the_warnings_held_back(tmp_path, capsys, monkeypatch):
     _raises_in_load(monkeypatch, RuntimeError("boom"))
-    assert main([*RUN, "--results", f"{tmp_path}/r", "--verbose"]) == 2
+    with warnings.catch_warnings():  # pytest records warnings itself: print them to stderr as Python would
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda msg, cat, path, line, file=None, text=None: sys.stderr.write(
+            warnings.formatwarning(msg, cat, path, line, text))
+        assert main([*RUN, "--results", f"{tmp_path}/r", "--verbose"]) == 2
     assert "a third-party deprecation warning" in capsys.readouterr().err
 
 
