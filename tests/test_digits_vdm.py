@@ -85,11 +85,11 @@ def test_inverse_of_an_untrained_wiggly_schedule():
         LearnedSchedule({**g.params(), "gamma_0": torch.tensor(1.0), "gamma_1": torch.tensor(0.0)})
 
 
-@pytest.mark.parametrize("name", samplers.available())
 # Defaults a schedule cannot take: EDM's published S_tmax = 50 churns above this schedule's start (rho(T) = 11.9).
 OPTIONS = {"edm_stochastic": {"S_tmax": 5.0}}
 
 
+@pytest.mark.parametrize("name", samplers.available())
 def test_every_sampler_runs_on_the_learned_schedule(ck, name):
     sampler = samplers.get(name, **OPTIONS.get(name, {}))
     model = with_every_head(samplers.DiffusionModel(lambda x, t: 0.3 * x + 0.1 * t[:, None], ck.model.schedule,
