@@ -109,6 +109,8 @@ def _cmd_list(args) -> int:
         heads = pretrained.registry.heads_of(name)
         if heads:
             print(f"    {'':12s} heads (students, derivative heads): {', '.join(heads)}")
+    print("    hub:<folder or hub id>   a diffusers-format model; its scheduler config says the family (VP, flow, EDM)")
+    print("    py:<module>:<factory>    your Python factory(device) -> DiffusionModel or (model, real data)")
     return 0
 
 
