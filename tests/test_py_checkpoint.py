@@ -111,3 +111,14 @@ def test_bad_py_names_and_factories_are_one_line_exit_2(tmp_path, capsys, name, 
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and says in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_grayscale_reference_read_with_inception_when_asked(tmp_path, inception):
+    """--fid-extractor inception-v3-compat on 1x8x8: samples and reference images both repeated to RGB."""
+    images = (np.arange(8 * 64, dtype=np.int64).reshape(8, 8, 8) * 7 % 256).astype(np.uint8)
+    np.savez(tmp_path / "ref.npz", images=images)
+    assert main(["run", "--checkpoint", "py:py_factories:edm_gray", "--sampler", "euler", "--nfe", "3", "--n-samples",
+                 "4", "--seeds", "0", "--fid-ref", str(tmp_path / "ref.npz"), "--fid-extractor", features.INCEPTION,
+                 "--results", str(tmp_path / "r"), "--quiet"]) == 0
+    row = ResultsStore(tmp_path / "r").read().iloc[0]
+    assert row["status"] == "ok" and np.isfinite(row["fid"]) and row["fid_extractor"] == features.INCEPTION
