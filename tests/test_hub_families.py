@@ -89,18 +89,24 @@ def _reference_npz(path, n=32):
     return images
 
 
-@pytest.mark.parametrize("family", ["vp-sample", "flow", "edm"])
-def test_run_report_check_end_to_end_with_fid(tmp_path, family):
+@pytest.mark.parametrize("family, kind", [("vp-sample", "folder"), ("flow", "npz"), ("edm", "statistics"),
+                                          ("edm-v", "npz")])
+def test_run_report_check_end_to_end_with_fid(tmp_path, family, kind):
+    """Each family through run / report / baseline / check, FID against a reference given in each of the three forms."""
+    from test_fid_reference import write_folder, write_stats
+
     save_family(tmp_path / "ckpt", family)
-    _reference_npz(tmp_path / "ref.npz")
+    images = _reference_npz(tmp_path / "ref.npz")
+    ref = {"npz": tmp_path / "ref.npz", "folder": write_folder(tmp_path / "imgs", images) if kind == "folder" else None,
+           "statistics": write_stats(tmp_path / "stats.npz", images, n=np.int64(32)) if kind == "statistics" else None}
     r, name = tmp_path / "r", f"hub:{tmp_path / 'ckpt'}"
     assert main(["run", "--checkpoint", name, "--sampler", "euler", "--nfe", "3", "--n-samples", "8", "--seeds", "0",
-                 "--fid-ref", str(tmp_path / "ref.npz"), "--results", str(r), "--quiet"]) == 0
+                 "--fid-ref", str(ref[kind]), "--results", str(r), "--quiet"]) == 0
     row = ResultsStore(r).read().iloc[0]
     assert row["status"] == "ok", row["error"]
     assert np.isfinite(row["fid"]) and row["fid"] > 0 and np.isfinite(row["solver_error_mean"])
     assert row["fid_ref"].startswith("fidref-") and row["fid_ref_n"] == 32
-    assert row["fid_extractor"] == "digits-classifier"
+    assert row["fid_extractor"] == "digits-classifier" and np.isfinite(row["kid"]) == (kind != "statistics")
     assert main(["report", "--results", str(r), "--out", str(tmp_path / "rep")]) == 0
     assert main(["baseline", "--results", str(r), "--out", str(tmp_path / "b.csv")]) == 0
     assert main(["check", "--baseline", str(tmp_path / "b.csv"), "--results", str(r)]) == 0
