@@ -470,6 +470,9 @@ class Search:
             "tune_error": {"default": next((e for bo, _, _, e in trials if bo == default), None), "tuned": win_err},
             "heldout_error": {k: _mean(v) for k, v in val_err.items()},
             "paired": paired(val_err["default"], val_err["tuned"]),
+            # the winner against the best fixed-grid trial of the screen: where a fitted schedule won on the tuning
+            # seed, an interval with 0 (or below it) on held-out seeds says it overfitted
+            "paired_vs_best_fixed": paired(val_err["best_screen"], val_err["tuned"]),
             "tuned_base": win_base, "tuned_options": win_opts, "tuned_times": win_times,
             "fit": win_fit[0] if win_fit else None, "gamma": win_fit[1] if win_fit else None,
             "fitted_compared": {"base": cmp_base, "options": cmp_opts,
@@ -647,17 +650,20 @@ def run_tune(settings: TuneSettings, ck, methods) -> list[dict]:
 
 def summary_table(rows: list[dict]) -> str:
     """Markdown: held-out solver error default vs tuned with the paired difference, then fitted vs fixed grids."""
-    lines = ["| sampler | NFE | default | tuned | default / tuned | paired diff (95% CI) | resolved | tuned config |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| sampler | NFE | default | tuned | default / tuned | paired diff (95% CI) | resolved | "
+             "best fixed grid - tuned (95% CI) | tuned config |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        h, p, o = r["heldout_error"], r["paired"], r["tuned_options"]
+        h, p, o, q = r["heldout_error"], r["paired"], r["tuned_options"], r["paired_vs_best_fixed"]
+        vs = "same" if q["diff_mean"] == 0 and q["ci95"] == [0, 0] else (
+            f"{q['diff_mean']:.3g} [{q['ci95'][0]:.3g}, {q['ci95'][1]:.3g}]{'' if q['resolved'] else ' NO'}")
         cfg = f"{r['tuned_base']}: " + ", ".join(f"{k}={v}" for k, v in sorted(o.items())
                                                  if k != "t_end" and not k.startswith("threshold"))
         if r["gamma"] is not None:
             cfg += f" (fitted: {r['fit']}, gamma={r['gamma']})"
         lines.append(f"| {r['sampler']} | {r['nfe']} | {h['default']:.3g} | {h['tuned']:.3g} | {p['ratio']:.2f} | "
                      f"{p['diff_mean']:.3g} [{p['ci95'][0]:.3g}, {p['ci95'][1]:.3g}] | "
-                     f"{'yes' if p['resolved'] else 'NO'} | {cfg} |")
+                     f"{'yes' if p['resolved'] else 'NO'} | {vs} | {cfg} |")
     lines += ["", "Best fitted schedule (least tuning error) against the fixed grids, same solver options:", "",
               "| sampler | NFE | fitted (cost, gamma) | " + " | ".join(FIXED_GRIDS) + " | solver options |",
               "|---|---|---|" + "---|" * len(FIXED_GRIDS) + "---|"]

@@ -152,12 +152,14 @@ def test_tuned_beats_default_and_matches_exhaustive_search_on_heldout_seeds(tune
 
 
 def test_fitted_schedule_is_compared_with_every_fixed_grid(tuned):
-    _, _, rows = tuned
+    _, settings, rows = tuned
     for r in rows.values():
         h = r["heldout_error"]
         assert all(math.isfinite(h[f"grid:{g}"]) for g in tune.FIXED_GRIDS)
         assert r["fitted_trials"] == tune.DEFAULT_TOP * len(tune.GAMMAS) * len(tune.FITS)
         assert "grid:fitted" in h and r["fitted_compared"]["fit"] in tune.FITS
+        q = r["paired_vs_best_fixed"]  # the overfitting check of a fitted winner
+        assert q["n"] == settings.val_seeds and (q["resolved"] or q["ci95"][0] <= 0 <= q["ci95"][1] or r["gamma"])
         if r["gamma"] is not None:  # the winner is a fitted schedule: its own row is the tuned one
             assert h["grid:fitted"] == h["tuned"]
     md = tune.summary_table(list(rows.values()))
