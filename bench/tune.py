@@ -37,7 +37,7 @@ from samplers import grids, initial_noise
 
 GAMMAS = (0.9, 1.0, 1.1, 1.15, 1.2)
 FITS = ("local1", "local2")  # the DP's one-step cost: first-order step, or second-order multistep with its history  # GITS's discount coefficients (its default 1.15; ComfyUI exposes 0.8-1.5)
-FIXED_GRIDS = ("time_uniform", "time_quadratic", "logSNR", "karras")  # the published fixed grids
+FIXED_GRIDS = ("time_uniform", "time_quadratic", "logSNR", "karras", "kl_optimal")  # the published fixed grids
 DEFAULT_SAMPLERS = ("unipc_bh1_3", "dpm_solver++_3m")
 DEFAULT_BUDGET = 200     # trial cells per family and NFE (screen + fitted schedules), validation not counted
 DEFAULT_CANDIDATES = 80  # points of the fine candidate grid (GITS 61, OSS 100-1000)

@@ -2,7 +2,8 @@
 
 A grid is part of a sampler's identity in the results (STYLE principle 3). Conventions follow
 DPM-Solver's ``get_time_steps`` (time_uniform, time_quadratic, logSNR) and Karras et al. (2022) for
-``karras`` (uniform in rho^(1/7), rho = sigma / alpha). Grids defined in time place their points in the
+``karras`` (uniform in rho^(1/7), rho = sigma / alpha), and Align Your Steps' model-free closed form for
+``kl_optimal`` (uniform in atan(rho)). Grids defined in time place their points in the
 schedule's ``unwarp``-ed time (a shifted flow's u, as diffusers shifts flow sigmas); logSNR and karras grids
 are defined by the log-SNR alone, so they are the same grid in lambda on every family.
 """
@@ -128,3 +129,12 @@ def _karras(schedule, steps, t_start, t_end):
     hi, lo = float(schedule.rho(t_start)) ** r, float(schedule.rho(t_end)) ** r
     rho = torch.linspace(hi, lo, steps + 1, dtype=torch.float64) ** KARRAS_RHO
     return schedule.inverse_rho(rho)
+
+
+@register_grid("kl_optimal")
+def _kl_optimal(schedule, steps, t_start, t_end):
+    """Align Your Steps' closed form for Gaussian data (Sabour et al. 2024; ComfyUI's ``kl_optimal_scheduler``):
+    rho = sigma / alpha uniform in atan(rho), model-free."""
+    hi, lo = math.atan(float(schedule.rho(t_start))), math.atan(float(schedule.rho(t_end)))
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    return schedule.inverse_rho(torch.tan((1.0 - u) * hi + u * lo))

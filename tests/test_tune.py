@@ -280,3 +280,13 @@ def test_search_resumes_after_kill_9(tmp_path, monkeypatch):
     assert main(cmd) == 0
     assert calls and not stored & set(calls)
     assert ResultsStore(tmp_path).read(all_attempts=True)["cell_id"].is_unique
+
+
+def test_kl_optimal_grid_is_the_align_your_steps_closed_form():
+    """sigma_i = tan((1 - i/n) atan(sigma_max) + i/n atan(sigma_min)) (ComfyUI's kl_optimal_scheduler), on EDM."""
+    import pretrained
+    sch = pretrained.load("gmm-16d-edm").model.schedule
+    n = 7
+    want = [math.tan((1 - i / n) * math.atan(80.0) + i / n * math.atan(0.002)) for i in range(n + 1)]
+    assert grids.time_grid(sch, "kl_optimal", n).tolist() == pytest.approx(want, rel=1e-12)
+    assert "kl_optimal" in grids.available() and "kl_optimal" in tune.FIXED_GRIDS
