@@ -207,6 +207,12 @@ def _check_nfe(nfe, *, method, order, **_):
                              f"NFE must be a positive multiple of {order}, got {nfe}")
 
 
+def _thresholded_x0(model, x, t, *, thresholding="none", threshold_ratio=0.995, threshold_max=1.0, **_):
+    """The final denoising step of DPM-Solver++: x0 at t_end, thresholded as its steps' x0 (the reference's
+    ``denoise_to_zero_fn`` = its data prediction with ``correcting_x0_fn``)."""
+    return _predictor(model, True, thresholding, threshold_ratio, threshold_max)(x, t)
+
+
 _COMMON = {"order": 3, "method": "singlestep", "solver_type": "dpmsolver", "lower_order_final": True,
            "grid": "logSNR", "t_end": T_END}
 _CHOICES = {"order": (1, 2, 3), "method": METHODS, "solver_type": SOLVER_TYPES}
@@ -219,7 +225,7 @@ register("dpm_solver++",
                    "threshold_max": 1.0},
          choices={**_CHOICES, "thresholding": THRESHOLDING},
          bounds={"threshold_ratio": Interval(0.0, 1.0, "right"), "threshold_max": POSITIVE},
-         check_nfe=_check_nfe, in_default_sweep=False,
+         check_nfe=_check_nfe, in_default_sweep=False, ending=_thresholded_x0,
          description="DPM-Solver++ (Lu et al. 2022b), data prediction with optional thresholding of x0; "
                      "lower_order_final acts on multistep only")(partial(_sample, data=True))
 

@@ -104,7 +104,8 @@ _LAZY: dict[str, Callable[[], None]] = {}  # name -> registers it on first use (
 def register(name: str, *, defaults: Mapping[str, Any], choices: Mapping[str, tuple] | None = None,
              bounds: Mapping[str, Interval] | None = None, validate: Callable[..., None] | None = None,
              check_nfe: Callable[..., None] = _any_nfe, stochastic: bool | Callable[..., bool] = False, description: str = "",
-             in_default_sweep: bool = True, adaptive: bool = False, requires: Callable[..., None] | None = None):
+             in_default_sweep: bool = True, adaptive: bool = False, requires: Callable[..., None] | None = None,
+             ending: Callable[..., torch.Tensor] | None = None):
     """Decorator registering ``fn(model, x_T, nfe, *, noise, **options)`` under ``name``.
 
     ``defaults`` lists every option with its default value; ``choices`` restricts an option to a
@@ -113,30 +114,68 @@ def register(name: str, *, defaults: Mapping[str, Any], choices: Mapping[str, tu
     without choices needs an ``Interval`` in ``bounds`` (an option "t_end" gets ``T_END_RANGE`` unless
     given). ``validate(**options)``, if given, checks the options together and raises ValueError. All
     of this runs when a sampler is built. ``stochastic`` is a bool or a function of the
-    options (e.g. DDIM draws noise only when eta > 0). An ``adaptive`` sampler chooses its own
+    options (e.g. DDIM draws noise only when eta > 0). A fixed-step sampler with ``t_end`` and no ending of its own
+    also gets the option ``denoise_to_zero`` (``ENDING``): its last NFE becomes x0(x, t_end). An ``adaptive`` sampler
+    chooses its own
     steps from tolerances: it is called with ``nfe=None`` and its NFE is what the count says.
     ``requires(model, nfe, **options)``, if given, raises ``Unsupported`` where the model lacks what the sampler
-    needs (a distilled student, a student trained for this NFE, a derivative head).
+    needs (a distilled student, a student trained for this NFE, a derivative head). ``ending(model, x, t_end,
+    **options)``, if given, replaces ``model.x0`` as the final denoising step.
     """
     def deco(fn):
         ch, bd = dict(choices or {}), dict(bounds or {})
+        run, check, opts = fn, check_nfe, dict(defaults)
+        if _takes_ending(opts, adaptive):
+            run, check, opts[ENDING] = _with_ending(fn, ending), _check_with_ending(check_nfe), False
         if "grid" in defaults and "grid" not in ch:
             ch["grid"] = tuple(grids.available())
         if "t_end" in defaults and "t_end" not in bd:
             bd["t_end"] = T_END_RANGE
-        unknown = sorted((set(ch) | set(bd)) - set(defaults))
-        unbounded = sorted(k for k, v in defaults.items() if _is_number(v) and k not in ch and k not in bd)
+        unknown = sorted((set(ch) | set(bd)) - set(opts))
+        unbounded = sorted(k for k, v in opts.items() if _is_number(v) and k not in ch and k not in bd)
         if unknown or unbounded:
             raise ValueError(f"sampler {name!r}: choices/bounds for unknown options {unknown}; "
                              f"numeric options without choices or bounds: {unbounded}")
-        spec = SamplerSpec(name, fn, MappingProxyType(dict(defaults)), MappingProxyType(ch), MappingProxyType(bd),
-                           validate, check_nfe, stochastic,
+        spec = SamplerSpec(name, run, MappingProxyType(opts), MappingProxyType(ch), MappingProxyType(bd),
+                           validate, check, stochastic,
                            description or (fn.__doc__ or name).strip().splitlines()[0], in_default_sweep, adaptive,
                            requires=requires)
-        _validate(spec, defaults)  # the defaults themselves must be allowed
+        _validate(spec, opts)  # the defaults themselves must be allowed
         _add(spec)
         return fn
     return deco
+
+
+ENDING = "denoise_to_zero"  # DPM-Solver's final denoising step: the last NFE is x0(x, t_end) (k-diffusion: sigma -> 0)
+
+
+def _takes_ending(defaults: Mapping[str, Any], adaptive: bool) -> bool:
+    """Every fixed-step sampler with a ``t_end`` gets the ending, unless it has its own (or GENIE's ``denoise``)."""
+    return "t_end" in defaults and ENDING not in defaults and "denoise" not in defaults and not adaptive
+
+
+def _with_ending(fn: Callable, ending: Callable[..., torch.Tensor] | None = None) -> Callable:
+    """``fn`` with the option ``denoise_to_zero``: nfe - 1 evaluations of ``fn``, then x0(x, t_end), one NFE.
+
+    ``ending(model, x, t_end, **options)``, if given, is the sampler's own x0 (DPM-Solver++ thresholds it).
+    """
+    def run(model, x, nfe, *, noise, denoise_to_zero, **options):
+        if not denoise_to_zero:
+            return fn(model, x, nfe, noise=noise, **options)
+        x = fn(model, x, nfe - 1, noise=noise, **options)
+        t_end = grids.end_time(model.schedule, options.get("t_end"))
+        return model.x0(x, t_end) if ending is None else ending(model, x, t_end, **options)
+    run.__doc__ = fn.__doc__
+    return run
+
+
+def _check_with_ending(check: Callable[..., None]) -> Callable[..., None]:
+    def run(nfe: int, *, denoise_to_zero: bool, **options) -> None:
+        if denoise_to_zero and nfe < 2:
+            raise UnsupportedNFE(f"denoise_to_zero spends the last NFE on x0(x, t_end) after at least one step: "
+                                 f"NFE >= 2, got {nfe}")
+        check(nfe - int(denoise_to_zero), **options)
+    return run
 
 
 def register_lazy(name: str, load: Callable[[], None]) -> None:

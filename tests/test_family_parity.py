@@ -84,8 +84,13 @@ def _diffusers_loop(scheduler, model, x):
 
 
 def _ours_then_x0(model, sampler, x_T, nfe, t_end):
-    """Our sampler to t_end, then diffusers' last step to sigma = 0, which returns x0 = x - sigma v exactly."""
-    return model.x0(sampler.sample(model, x_T, nfe), t_end)
+    """Our sampler to t_end, then diffusers' last step to sigma = 0, which returns x0 = x - sigma v exactly: the
+    sampler's ``denoise_to_zero`` ending (one more NFE), checked against an explicit model.x0 after it."""
+    ended = samplers.get(sampler.name, **{**sampler.options, "denoise_to_zero": True}).sample(model, x_T, nfe + 1)
+    assert sampler.options["t_end"] in (None, t_end) or float(sampler.options["t_end"]) == float(t_end)
+    other = model.replace()  # its own NFE counter: the caller counts the ended run only
+    torch.testing.assert_close(ended, other.x0(sampler.sample(other, x_T, nfe), t_end), rtol=0, atol=0)
+    return ended
 
 
 @pytest.mark.parametrize("shift,steps", [(1.0, 10), (1.0, 20), (3.0, 10)])

@@ -157,3 +157,39 @@ def test_nfe_cap_and_floor():
     for bad in (2.0, "10", True, None):
         with pytest.raises(ValueError, match="integer"):
             validate_nfe(bad)
+
+
+def _ended_samplers():
+    return [n for n in samplers.available() if samplers.describe(n).defaults.get("denoise_to_zero") is False
+            and not n.startswith("diffusers:")]
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler", "heun", "dpm_solver_2m", "dpm_solver++_3m", "deis_tab3",
+                                  "unipc_bh1_3", "midpoint", "lms", "ipndm", "euler_ancestral"])
+def test_every_fixed_step_sampler_can_end_with_a_denoising_step(gmm2d, name):
+    """denoise_to_zero: the last NFE is x0(x, t_end) (DPM-Solver's denoise_to_zero, k-diffusion's trailing 0)."""
+    assert name in _ended_samplers()
+    s, ended = samplers.get(name), samplers.get(name, denoise_to_zero=True)
+    nfe = next(n for n in range(6, 20) if _fits(s, n - 1) and _fits(ended, n))
+    x_T = samplers.initial_noise(0, range(4), (2,))
+    noise = (lambda: samplers.SampleNoise(3, range(4), (2,))) if s.stochastic else (lambda: None)
+    with gmm2d.model.counting() as c:
+        out = ended.sample(gmm2d.model, x_T, nfe, noise=noise())
+    assert c.n == nfe
+    expected = gmm2d.model.x0(s.sample(gmm2d.model, x_T, nfe - 1, noise=noise()), 1e-3)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    with pytest.raises(samplers.UnsupportedNFE):
+        ended.check_nfe(1)
+
+
+def _fits(s, nfe):
+    try:
+        s.check_nfe(nfe)
+        return True
+    except samplers.UnsupportedNFE:
+        return False
+
+
+def test_samplers_with_their_own_ending_keep_it():
+    assert "denoise" in samplers.describe("genie").defaults and "denoise_to_zero" not in samplers.describe("genie").defaults
+    assert "denoise_to_zero" not in samplers.describe("dpm_solver_adaptive").defaults
