@@ -385,12 +385,14 @@ class Search:
         from .store import ResultsStore
 
         cells = list({c.cell_id: c for c in cells}.values())  # equal options: one cell
-        counts = run_sweep(cells, self.s.results, options=self.opts, progress=not self.s.quiet)
-        self.cells_run += sum(v for k, v in counts.items() if k not in ("skipped", "taken"))
+        while True:  # cells another live process holds: look again (a dead one's claims are taken over)
+            counts = run_sweep(cells, self.s.results, options=self.opts, progress=not self.s.quiet)
+            self.cells_run += sum(v for k, v in counts.items() if k not in ("skipped", "taken"))
+            if not counts.get("taken"):
+                break
+            time.sleep(WAIT_POLL_S)
         store = ResultsStore(self.s.results)
         want = {c.cell_id for c in cells}
-        while counts.get("taken") and not want <= store.done_cells():
-            time.sleep(WAIT_POLL_S)
         df = store.read()
         df = df[df["cell_id"].isin(want)]
         err = {}

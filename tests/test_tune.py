@@ -290,3 +290,19 @@ def test_kl_optimal_grid_is_the_align_your_steps_closed_form():
     want = [math.tan((1 - i / n) * math.atan(80.0) + i / n * math.atan(0.002)) for i in range(n + 1)]
     assert grids.time_grid(sch, "kl_optimal", n).tolist() == pytest.approx(want, rel=1e-12)
     assert "kl_optimal" in grids.available() and "kl_optimal" in tune.FIXED_GRIDS
+
+
+def test_two_processes_share_a_search(tmp_path):
+    """Two `tune` processes on one results folder split its trials (each cell computed once) and agree."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "bench", "tune", "--checkpoint", "gmm-2d", "--nfe", "5", "--sampler", "unipc_bh1_3",
+           "--budget", "30", "--top", "1", "--val-seeds", "2", "--tune-samples", "8", "--val-samples", "8",
+           "--results", str(tmp_path), "--quiet", "--threads", "1"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    df = ResultsStore(tmp_path).read(all_attempts=True)
+    assert df["cell_id"].is_unique  # no trial computed twice
+    assert outs[0][0].splitlines()[:3] == outs[1][0].splitlines()[:3]  # the same winner in both tables
