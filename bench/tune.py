@@ -4,16 +4,17 @@ held-out seeds, written as a preset the sampler registry resolves (``--sampler t
 A client of the runner (DESIGN.md): every trial is a cell in the results folder's store, so a search resumes after a
 kill without repeating finished trials, and processes sharing the folder split its cells. Per family and NFE:
 
-1. screen: the family's discrete options (``SPACES``) x the published fixed grids, on the tuning seed;
-2. fit: for the best ``top`` configurations that spend one NFE per step, a schedule fitted by dynamic programming
+1. screen: the family's discrete options (``SPACES``, across ``FAMILY_BASES``) x the fixed grids, on the tuning seed;
+2. fit: for the best ``top`` configurations that spend one NFE per step, schedules fitted by dynamic programming
    over a fine candidate grid (GITS, Chen et al. 2024): C[i, j] = mean_s ||Phi(x_ref(t_i), t_i -> t_j) - x_ref(t_j)||
-   / sqrt(d), V_k(j) = min_i C[i, j] + gamma V_{k-1}(i), exactly K steps, one schedule per gamma in ``GAMMAS``; each
-   is a trial (the real solver, history and corrector included, on the tuning seed), so gamma is chosen by the
-   global error. Phi is the family's first-order exponential-integrator step (DDIM in its own prediction type): the
-   DP cannot know a multistep solver's history, which depends on the nodes chosen before (GITS's Euler cost, made
-   prediction-aware);
-3. validate: the winner (least tuning error), the default and, for the winner's options, every fixed grid, on
-   held-out seeds the search never saw; paired differences per seed with a t interval, flagged when it includes 0.
+   / sqrt(d), V_k(j) = min_i C[i, j] + gamma V_{k-1}(i), exactly K steps. Two costs (``FITS``): Phi the family's
+   first-order exponential-integrator step (GITS's Euler cost in the family's prediction type), and the
+   second-order multistep step with its history at the node before (a DP over node pairs). The DP cannot know the
+   solver's full history or corrector, so each schedule (cost x gamma in ``GAMMAS``) is a trial of the real solver
+   on the tuning seed: the cost and gamma are chosen by the global error like any other option;
+3. validate: the winner (least tuning error), the default, the best fixed-grid trial and the best fitted schedule
+   next to its own options on every fixed grid, on held-out seeds the search never saw; paired differences per
+   seed with a t interval, flagged when it includes 0.
 
 Selection is on solver error against the reference ODE solution only (the exact oracle on the mixtures).
 """
@@ -27,7 +28,7 @@ import math
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,8 +36,8 @@ import torch
 import samplers
 from samplers import grids, initial_noise
 
-GAMMAS = (0.9, 1.0, 1.1, 1.15, 1.2)
-FITS = ("local1", "local2")  # the DP's one-step cost: first-order step, or second-order multistep with its history  # GITS's discount coefficients (its default 1.15; ComfyUI exposes 0.8-1.5)
+GAMMAS = (0.9, 1.0, 1.1, 1.15, 1.2)  # GITS's discount coefficients (its default 1.15; ComfyUI exposes 0.8-1.5)
+FITS = ("local1", "local2")  # the DP's one-step cost: first-order step, or second-order multistep with its history
 FIXED_GRIDS = ("time_uniform", "time_quadratic", "logSNR", "karras", "kl_optimal")  # the published fixed grids
 DEFAULT_SAMPLERS = ("unipc_bh1_3", "dpm_solver++_3m")
 DEFAULT_BUDGET = 200     # trial cells per family and NFE (screen + fitted schedules), validation not counted
@@ -47,7 +48,8 @@ TUNED_PREFIX = "tuned:"
 PRESETS_DIR = "presets"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}  # Student t, 97.5 %, by dof
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}  # Student t 97.5 %, by dof
+# (a dof between two keys takes the smaller key's larger value: the interval is never too narrow)
 WAIT_POLL_S = 2.0        # a trial taken by another process: look again after this long
 
 # The discrete options searched per family (the grid is searched for every family that has one); options not
@@ -313,7 +315,6 @@ class TuneSettings:
     quiet: bool = True
     device: object = None
     state_dtype: str = "float64"
-    extra: dict = field(default_factory=dict)
 
     def seeds(self) -> tuple[int, list[int]]:
         """(tuning seed, held-out seeds): distinct, drawn from ``seed`` alone."""
@@ -513,7 +514,8 @@ class Search:
         t_end = grids.end_time(sch, options.get("t_end"))
         predict = fit_prediction(base, options)
         src = json.dumps({"checkpoint": s.checkpoint, "weights": ck.fingerprint, "seed": self.tune_seed,
-                          "n": s.tune_samples, "t_end": t_end, "candidates": s.candidates, "predict": predict, "fits": list(FITS),
+                          "n": s.tune_samples, "t_end": t_end, "candidates": s.candidates, "predict": predict,
+                          "fits": list(FITS),
                           "shape": list(ck.data_shape)})
         path = Path(s.results) / "cache" / f"tune-cost-{hashlib.sha256(src.encode()).hexdigest()[:24]}.safetensors"
         times = candidate_times(sch, t_end, s.candidates)

@@ -276,7 +276,8 @@ def test_search_resumes_after_kill_9(tmp_path, monkeypatch):
         proc.wait(timeout=60)
     stored = set(store.read()["cell_id"])
     real, calls = runner.run_cell, []
-    monkeypatch.setattr(runner, "run_cell", lambda ck, cell, *a, **k: calls.append(cell.cell_id) or real(ck, cell, *a, **k))
+    monkeypatch.setattr(runner, "run_cell",
+                        lambda ck, cell, *a, **k: calls.append(cell.cell_id) or real(ck, cell, *a, **k))
     assert main(cmd) == 0
     assert calls and not stored & set(calls)
     assert ResultsStore(tmp_path).read(all_attempts=True)["cell_id"].is_unique
