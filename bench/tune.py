@@ -44,6 +44,7 @@ DEFAULT_BUDGET = 200     # trial cells per family and NFE (screen + fitted sched
 DEFAULT_CANDIDATES = 80  # points of the fine candidate grid (GITS 61, OSS 100-1000)
 DEFAULT_TOP = 3          # configurations that get a fitted schedule
 PRESET_FORMAT = "samplerbench-tuned-preset/1"
+ENDING = "denoise_to_zero"  # the registry's final denoising step: kept as given (see the README's tune section)
 TUNED_PREFIX = "tuned:"
 PRESETS_DIR = "presets"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -437,8 +438,9 @@ class Search:
         fitted = []
         for b, o in chosen:
             (C, C2), times = self.cost(o, b, nfe)
+            steps = nfe - int(bool(o.get(ENDING)))  # a final denoising step spends the last NFE off the grid
             for fit, g in itertools.product(FITS, s.gammas):
-                idx = fit_schedule(C, nfe, g) if fit == "local1" else fit_schedule2(C, C2, nfe, g)
+                idx = fit_schedule(C, steps, g) if fit == "local1" else fit_schedule2(C, C2, steps, g)
                 ts = [float(times[i]) for i in idx]
                 fitted.append(((b, {**o, "grid": grids.register_times(ts), "t_end": ts[-1]}), ts, (fit, g)))
         if fitted:
