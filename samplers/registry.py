@@ -150,8 +150,9 @@ ENDING = "denoise_to_zero"  # DPM-Solver's final denoising step: the last NFE is
 
 
 def _takes_ending(defaults: Mapping[str, Any], adaptive: bool) -> bool:
-    """Every fixed-step sampler with a ``t_end`` gets the ending, unless it has its own (or GENIE's ``denoise``)."""
-    return "t_end" in defaults and ENDING not in defaults and "denoise" not in defaults and not adaptive
+    """Every fixed-step sampler with a ``t_end`` gets the ending, unless it has its own (GENIE's ``denoise``, lms'
+    ``to_zero``)."""
+    return "t_end" in defaults and not {ENDING, "denoise", "to_zero"} & set(defaults) and not adaptive
 
 
 def _with_ending(fn: Callable, ending: Callable[..., torch.Tensor] | None = None) -> Callable:

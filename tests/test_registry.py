@@ -165,7 +165,7 @@ def _ended_samplers():
 
 
 @pytest.mark.parametrize("name", ["ddim", "euler", "heun", "dpm_solver_2m", "dpm_solver++_3m", "deis_tab3",
-                                  "unipc_bh1_3", "midpoint", "lms", "ipndm", "euler_ancestral"])
+                                  "unipc_bh1_3", "midpoint", "ipndm", "euler_ancestral"])
 def test_every_fixed_step_sampler_can_end_with_a_denoising_step(gmm2d, name):
     """denoise_to_zero: the last NFE is x0(x, t_end) (DPM-Solver's denoise_to_zero, k-diffusion's trailing 0)."""
     assert name in _ended_samplers()
@@ -193,3 +193,4 @@ def _fits(s, nfe):
 def test_samplers_with_their_own_ending_keep_it():
     assert "denoise" in samplers.describe("genie").defaults and "denoise_to_zero" not in samplers.describe("genie").defaults
     assert "denoise_to_zero" not in samplers.describe("dpm_solver_adaptive").defaults
+    assert "to_zero" in samplers.describe("lms").defaults and "denoise_to_zero" not in samplers.describe("lms").defaults
