@@ -320,13 +320,11 @@ class DiffusionModel:
                              f"{tuple(x.shape)} on {x.device}")
 
     def _coefs(self, x, t):
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        t = self._time(x, t)
-        a = self.schedule.alpha(t).to(x.dtype)
-        s = self.schedule.sigma(t).to(x.dtype)
-        return (a.reshape(shape) if a.dim() else a), (s.reshape(shape) if s.dim() else s)
+        """(alpha_t, sigma_t) in x's dtype, shaped to broadcast against x."""
+        return self._coefs_of(x, t, lambda u: (self.schedule.alpha(u), self.schedule.sigma(u)))
 
     def _coefs_of(self, x, t, fn):
+        """The schedule values ``fn(t)`` in x's dtype, shaped to broadcast against x."""
         shape = (-1,) + (1,) * (x.dim() - 1)
         return tuple(c.to(x.dtype).reshape(shape) if c.dim() else c.to(x.dtype) for c in fn(self._time(x, t)))
 
