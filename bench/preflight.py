@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -193,6 +195,29 @@ def check_output_file(path, what: str) -> None:
     if path.is_dir():
         raise ValueError(f"{what} {path} is a folder; give a file name such as {path / 'baseline.csv'}")
     check_output_folder(path.parent, f"{what} {path}: its folder")
+
+
+# -- budgets ------------------------------------------------------------------------------------------------------
+BUDGET_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}  # a time budget: a number with one of these units
+BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*$")
+BUDGET_HELP = "a number of trial cells (e.g. 200) or a time with a unit s, m or h (e.g. 90s, 30m, 1.5h)"
+
+
+def parse_budget(text, min_cells: int = 2) -> tuple[int | None, float | None]:
+    """``--budget``: (cells, None) for a whole number, (None, seconds) for a time (``30m``); ValueError otherwise."""
+    m = BUDGET_RE.match(str(text))
+    if m is None:
+        raise ValueError(f"--budget {text!r} is not a budget; allowed: {BUDGET_HELP}")
+    number, unit = m.groups()
+    if not unit:
+        if "." in number or int(number) < min_cells:
+            raise ValueError(f"--budget {text!r}: a cell budget must be a whole number >= {min_cells}; allowed: "
+                             f"{BUDGET_HELP}")
+        return int(number), None
+    seconds = float(number) * BUDGET_UNITS[unit]
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"--budget {text!r}: a time budget must be positive; allowed: {BUDGET_HELP}")
+    return None, seconds
 
 
 # -- run ----------------------------------------------------------------------------------------------------------
