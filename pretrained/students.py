@@ -11,12 +11,12 @@ from functools import lru_cache
 import torch
 
 from samplers.model import DiffusionModel
-from samplers.students import CD_HEAD, KD_HEAD, PD_PREFIX
+from samplers.students import CD_HEAD, KD_HEAD, PD_PREFIX, NoStudent
 
 from .distill import v_model
 from .nets import UNet
 from .pins import PINNED_SHA256
-from .registry import register_head
+from .registry import available, heads_of, register_head
 from .weights import WEIGHTS_ROOT, load_weights, verify_weights
 
 TEACHER = "digits"
@@ -44,6 +44,14 @@ def load_student(folder, name: str, head: str, device: torch.device, prefix: str
         if not state:
             raise ValueError(f"{folder}: no weights under {prefix!r}; it holds the students {manifest.get('students')}")
     return _boundary(state, manifest, head, device)
+
+
+def unsupported_reason(exc: Exception) -> str:
+    """An unsupported cell's error text; a missing student also names the checkpoints that have one."""
+    if not isinstance(exc, NoStudent):
+        return str(exc)
+    have = [c for c in available() if any(h == exc.student or h.startswith(f"{exc.student}:") for h in heads_of(c))]
+    return f"{exc}; students exist for: {', '.join(have) or 'none'}"
 
 
 def _register(folder, name: str, head: str, prefix: str = "") -> None:

@@ -58,14 +58,13 @@ def consistency_fn(student, x: torch.Tensor, t, t_end: float = STUDENT_T_END, co
     return (c_skip * (a_e / a_t)) * x + (1 - c_skip) * f
 
 
-def _no_student(kind: str, model) -> Unsupported:
-    try:  # which checkpoints have this student: the checkpoint registry knows (absent where only samplers is used)
-        from pretrained.registry import available, heads_of
-        have = [c for c in available() if any(h == kind or h.startswith(f"{kind}:") for h in heads_of(c))]
-    except ImportError:
-        have = []
-    return Unsupported(f"{kind} on checkpoint {model.name!r}: no distilled student; students exist for: "
-                       f"{', '.join(have) or 'none'}")
+class NoStudent(Unsupported):
+    """The checkpoint has no distilled ``student`` (kd, pd, cd): an ``unsupported`` row. Which checkpoints do have
+    one is the checkpoint registry's to say (``pretrained.students.unsupported_reason``), not the sampler's."""
+
+    def __init__(self, student: str, checkpoint: str):
+        super().__init__(f"{student} on checkpoint {checkpoint!r}: no distilled student")
+        self.student, self.checkpoint = student, checkpoint
 
 
 def pd_steps(model) -> list[int]:
@@ -75,20 +74,20 @@ def pd_steps(model) -> list[int]:
 
 def _requires_kd(model, nfe, **_):
     if not model.has_head(KD_HEAD):
-        raise _no_student("kd", model)
+        raise NoStudent("kd", model.name)
 
 
 def _requires_pd(model, nfe, **_):
     steps = pd_steps(model)
     if not steps:
-        raise _no_student("pd", model)
+        raise NoStudent("pd", model.name)
     if nfe not in steps:
         raise UnsupportedNFE(f"pd was trained for NFE {steps}; asked {nfe}")
 
 
 def _requires_cd(model, nfe, **_):
     if not model.has_head(CD_HEAD):
-        raise _no_student("cd", model)
+        raise NoStudent("cd", model.name)
 
 
 def _one_step(nfe: int, **_):

@@ -9,7 +9,7 @@ import torch
 
 import samplers
 from samplers.schedules import VPLinear
-from samplers.students import STUDENT_T_END, consistency_fn, kd_map
+from samplers.students import STUDENT_T_END, NoStudent, consistency_fn, kd_map
 
 import pretrained
 from pretrained import distill, students
@@ -174,14 +174,21 @@ def test_student_weights_checked_by_checksum(tmp_path):
 def test_unsupported_cells(digits):
     lw = pretrained.load("digits-lw").model
     for name in ("kd", "pd", "cd"):
-        with pytest.raises(samplers.Unsupported, match=f"{name} on checkpoint 'digits-lw': no distilled student; "
-                                                       "students exist for: digits"):
+        with pytest.raises(NoStudent, match=f"^{name} on checkpoint 'digits-lw': no distilled student$") as info:
             samplers.get(name).check_model(lw, 1)
+        # the sampler names what is missing; the checkpoint registry names who has it
+        assert students.unsupported_reason(info.value) == (f"{name} on checkpoint 'digits-lw': no distilled "
+                                                           "student; students exist for: digits")
     with pytest.raises(samplers.Unsupported, match=r"pd was trained for NFE \[1, 2, 4, 8\]; asked 5"):
         samplers.get("pd").check_model(digits.model, 5)
     with pytest.raises(samplers.Unsupported, match="kd is a one-step student"):
         samplers.get("kd").check_nfe(2)
     samplers.get("pd").check_model(digits.model, 4)  # and a trained NFE passes
+
+
+def test_unsupported_reason_of_other_errors_is_their_text():
+    exc = samplers.UnsupportedNFE("kd is a one-step student: NFE 1 only; asked 2")
+    assert students.unsupported_reason(exc) == str(exc)
 
 
 def write_fixture():
