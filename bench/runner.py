@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 import pretrained
+from pretrained.students import unsupported_reason
 from samplers import SampleNoise, Unsupported, initial_noise
 from samplers.grids import end_time
 
@@ -233,7 +234,7 @@ def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: Resu
         if cell.guidance is not None and ck.model.condition is None:
             ck.model.guided([], cell.guidance)  # raises Unsupported: the checkpoint is unconditional
     except Unsupported as exc:
-        return row | {"status": "unsupported", "error": str(exc)} if dist.is_main() else None
+        return row | {"status": "unsupported", "error": unsupported_reason(exc)} if dist.is_main() else None
     if isinstance(cell.sampler, LikelihoodMethod):
         return run_likelihood_cell(ck, cell, opts, row, models)
     try:
