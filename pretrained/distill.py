@@ -135,15 +135,18 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
 def fit(work: Path, net: UNet, loss_fn: Callable[[UNet, torch.Generator, int], torch.Tensor], *, steps: int,
         lr: float, warmup: int, ema: float, clip: float, seed: int, evaluate: Callable[[UNet], dict], select: str,
         ckpt_every: int = 100, eval_every: int = 500, max_seconds: float = float("inf"),
-        after_step: Callable[[UNet, int], None] | None = None) -> dict:
+        after_step: Callable[[UNet, int], None] | None = None, patience: int = 0,
+        min_improvement: float = 0.01) -> dict:
     """Adam (linear warm-up, clipping) with EMA weights; resumable from ``work``; the best-``select`` EMA is kept.
 
     ``loss_fn(net, generator, step)`` draws its batch from the generator (seeded by the step: a resumed run draws the
     same batches). The EMA is evaluated at step 0 (the initialisation) and every ``eval_every`` steps and at the
     end; training stops after ``steps`` steps or ``max_seconds`` (summed over resumes). ``after_step(net, step)``
-    runs after each optimiser step (CD's target network). Returns {"state": best EMA state dict, "curve":
-    [step, mean loss, elapsed s, *evaluation], "columns", "best_step", "steps_run", "seconds"}; a finished phase
-    in ``work`` returns its stored result.
+    runs after each optimiser step (CD's target network). ``patience`` k > 0 adds the stopping rule of
+    ``plateaued``: stop once the last k evaluations did not lower the best ``select`` by more than
+    ``min_improvement`` (relative). Returns {"state": best EMA state dict, "curve": [step, mean loss, elapsed s,
+    *evaluation], "columns", "best_step", "steps_run", "seconds", "threads", "stopped" ("steps", "time" or
+    "plateau"), "stopping_rule"}; a finished phase in ``work`` returns its stored result.
     """
     torch.set_num_threads(1)
     work.mkdir(parents=True, exist_ok=True)
@@ -187,7 +190,14 @@ def fit(work: Path, net: UNet, loss_fn: Callable[[UNet, torch.Generator, int], t
 
     if not st["curve"]:
         evaluation(0)
-    while st["step"] < steps and time.time() - t0 < max_seconds:
+    column = None
+
+    def flat() -> bool:
+        nonlocal column
+        column = column or st["columns"].index(select) + 3
+        return patience > 0 and plateaued([row[column] for row in st["curve"]], patience, min_improvement)
+
+    while st["step"] < steps and time.time() - t0 < max_seconds and not flat():
         step = st["step"]
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         value = loss_fn(net, g, step)
@@ -210,10 +220,24 @@ def fit(work: Path, net: UNet, loss_fn: Callable[[UNet, torch.Generator, int], t
     if st["curve"][-1][0] != st["step"]:
         evaluation(st["step"])
     st["elapsed"] = time.time() - t0
+    stopped = "plateau" if flat() else "steps" if st["step"] >= steps else "time"
+    rule = (f"stop when the best {select} of the last {patience} evaluations (every {eval_every} steps) is not "
+            f"{100 * min_improvement:g} % below the best before them" if patience > 0 else f"{steps} steps")
     out = {"curve": st["curve"], "columns": st["columns"], "best_step": st["best_step"], "steps_run": st["step"],
-           "seconds": round(st["elapsed"], 1)}
+           "seconds": round(st["elapsed"], 1), "threads": torch.get_num_threads(), "stopped": stopped,
+           "stopping_rule": rule}
+    log.info("%s: stopped (%s) at step %d, best %s %.4f at step %d", work.name, stopped, st["step"], select,
+             st["best"], st["best_step"])
     torch.save(out, done_path)
     return {**out, "state": load_file(str(work / "best_ema.safetensors"))}
+
+
+def plateaued(values: list[float], k: int, rel: float) -> bool:
+    """The stopping rule: True once the best of the last ``k`` values is not lower than (1 - ``rel``) x the best of
+    the values before them (lower is better; needs more than k values)."""
+    if len(values) <= k:
+        return False
+    return min(values[-k:]) > (1 - rel) * min(values[:-k])
 
 
 def write_curve(path: Path, result: dict) -> None:

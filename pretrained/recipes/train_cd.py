@@ -18,11 +18,12 @@ from samplers.schedules import VPLinear
 from samplers.students import STUDENT_T_END
 
 from ..distill import cd_grid, cd_loss, ema_update, fit, v_model, write_curve
+from ..digits import load_unet
 from ..nets import UNet
 from ..weights import WEIGHTS_ROOT, save_weights
 from .pins_note import pin_note
-from .train_students import (base_manifest, data_sampler, fid_evaluator, fit_options, open_log, student_args, teacher,
-                             v_start)
+from .train_students import (base_manifest, cost_stages, data_sampler, fid_evaluator, fit_options, open_log,
+                             student_args, teacher, training_cost, v_stage, v_start)
 
 OUT = WEIGHTS_ROOT / "digits-cd"
 
@@ -49,10 +50,17 @@ def main(argv=None):
     p = student_args(__doc__, workdir="train_cd", out=OUT, steps=3000, eval_every=500, lr=1e-4)
     p.add_argument("--points", type=int, default=18, help="N discretisation points (the paper: 18 on CIFAR-10)")
     p.add_argument("--target-ema", type=float, default=0.95, help="mu of the target network (the paper's CD: 0.95)")
+    p.add_argument("--init", choices=["digits-v", "digits-cd"], default="digits-v",
+                   help="digits-cd: continue training from the shipped digits-cd weights (online and target networks "
+                        "start from them; its training cost is carried into the new manifest)")
     a = p.parse_args(argv)
     work = open_log(a.workdir)
     _, teacher_model, teacher_manifest = teacher()
     init, v_manifest = v_start()
+    earlier = []
+    if a.init == "digits-cd":
+        cd_net, cd_manifest = load_unet(OUT, name="digits-cd")
+        init, earlier = cd_net.state_dict(), cost_stages(cd_manifest, v_manifest, 1)
     net = UNet(**v_manifest["architecture"]["config"])
     net.load_state_dict(init)
     target = TargetNetwork(net, a.target_ema)
@@ -72,8 +80,15 @@ def main(argv=None):
     write_curve(out / "training_curve.csv", result)
     best = dict(zip(["step", "train_loss", "elapsed_s", *result["columns"]],
                     next(r for r in result["curve"] if r[0] == result["best_step"])))
-    manifest = base_manifest("digits-cd", a, teacher_manifest,
-                             {"from": "digits-v", "weights_sha256": v_manifest["weights_sha256"]},
+    init_entry = {"from": "digits-v", "weights_sha256": v_manifest["weights_sha256"]}
+    if a.init == "digits-cd":
+        init_entry = {**cd_manifest["init"], "continued_from": {"name": "digits-cd",
+                                                                "weights_sha256": cd_manifest["weights_sha256"]}}
+    stage = {"stage": "cd" if not earlier else f"cd (continued {len(earlier)})", "optimiser_steps": result["steps_run"],
+             "teacher_nfe": result["steps_run"] * a.batch, "seconds": result["seconds"], "threads": result["threads"],
+             "shipped_step": result["best_step"], "stopped": result["stopped"]}
+    stages = (earlier or v_stage(v_manifest)) + [stage]
+    manifest = base_manifest("digits-cd", a, teacher_manifest, init_entry,
                              "cd (multistep consistency sampling, logSNR-grid re-noising times), 1, 2 and 4 NFE")
     manifest = save_weights(out, result["state"], {
         **manifest, "student": "cd",
@@ -86,7 +101,9 @@ def main(argv=None):
         "discretisation": {"points": a.points, "grid": "karras (rho 7) from T to t_end",
                            "times": [round(float(t), 6) for t in grid]},
         "target_ema": a.target_ema,
+        "training_cost": training_cost(stages),
         "training": {"steps": result["best_step"], "steps_run": result["steps_run"], "seconds": result["seconds"],
+                     "stopping_rule": result["stopping_rule"], "stopped": result["stopped"],
                      "final_loss": result["curve"][-1][1],
                      "best": {k: v for k, v in best.items() if k.startswith("fid")},
                      "recipe": "python -m pretrained.train cd", "curve": "training_curve.csv"}})

@@ -40,6 +40,10 @@ def student_args(description: str, *, workdir: str, out, steps: int, eval_every:
     p.add_argument("--eval-every", type=int, default=eval_every)
     p.add_argument("--eval-samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=0,
+                   help="stopping rule: stop once the last k evaluations did not improve the best quick FID by more "
+                        "than --min-improvement (0: off, run --steps)")
+    p.add_argument("--min-improvement", type=float, default=0.01, help="relative, for --patience")
     return p
 
 
@@ -112,4 +116,36 @@ def base_manifest(name: str, a, teacher_manifest: dict, init: dict, fid_protocol
 
 def fit_options(a) -> dict:
     return dict(lr=a.lr, warmup=a.warmup, ema=a.ema, clip=a.clip, seed=a.seed, ckpt_every=a.ckpt_every,
-                eval_every=a.eval_every, max_seconds=a.max_minutes * 60)
+                eval_every=a.eval_every, max_seconds=a.max_minutes * 60, patience=a.patience,
+                min_improvement=a.min_improvement)
+
+
+def v_stage(v_manifest: dict) -> list[dict]:
+    """The digits-v fine-tune every student starts from, as a training-cost stage (data only: no teacher calls)."""
+    t = v_manifest["training"]
+    return [{"stage": "digits-v", "optimiser_steps": t.get("steps_run", t["steps"]), "teacher_nfe": 0,
+             "seconds": t["seconds"], "threads": v_manifest["optimiser"].get("threads", 1)}]
+
+
+def cost_stages(manifest: dict, v_manifest: dict, teacher_nfe_per_sample: int) -> list[dict]:
+    """The training-cost stages of a shipped student (what a continued run carries forward): its manifest's
+    ``training_cost``, or for a manifest from before it, the digits-v start and one stage of its ``training``."""
+    if "training_cost" in manifest:
+        return list(manifest["training_cost"]["stages"])
+    t = manifest["training"]
+    return v_stage(v_manifest) + [{
+        "stage": manifest["student"], "optimiser_steps": t["steps_run"],
+        "teacher_nfe": t["steps_run"] * manifest["optimiser"]["batch"] * teacher_nfe_per_sample,
+        "seconds": t["seconds"], "threads": manifest["optimiser"].get("threads", 1), "shipped_step": t["steps"]}]
+
+
+def training_cost(stages: list[dict]) -> dict:
+    """A student's full training cost: its stages (the digits-v start included) and their sums. Teacher NFE counts
+    teacher network evaluations per training sample (batch x teacher calls per sample x steps; KD's pairs: pairs x
+    the teacher solver's NFE); CPU seconds = wall-clock seconds x threads (the quick-FID evaluations included)."""
+    return {"optimiser_steps": sum(s["optimiser_steps"] for s in stages),
+            "teacher_nfe": sum(s["teacher_nfe"] for s in stages),
+            "seconds": round(sum(s["seconds"] for s in stages), 1),
+            "threads": max(s["threads"] for s in stages),
+            "cpu_seconds": round(sum(s["seconds"] * s["threads"] for s in stages), 1),
+            "stages": stages}
