@@ -41,6 +41,7 @@ FITS = ("local1", "local2")  # the DP's one-step cost: first-order step, or seco
 FIXED_GRIDS = ("time_uniform", "time_quadratic", "logSNR", "karras", "kl_optimal")  # the published fixed grids
 DEFAULT_SAMPLERS = ("unipc_bh1_3", "dpm_solver++_3m")
 DEFAULT_BUDGET = 200     # trial cells per family and NFE (screen + fitted schedules), validation not counted
+SCREEN_CHUNK = 8         # a time budget (--budget 30m) checks the clock after each chunk of screen trials
 DEFAULT_CANDIDATES = 80  # points of the fine candidate grid (GITS 61, OSS 100-1000)
 DEFAULT_TOP = 3          # configurations that get a fitted schedule
 PRESET_FORMAT = "samplerbench-tuned-preset/1"
@@ -90,12 +91,17 @@ def candidate_times(schedule, t_end: float | None, n: int) -> torch.Tensor:
 
 
 def reference_trajectory(ck, x_T: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-    """x_ref at every time (len(times), *x_T.shape), float64: the checkpoint's reference solution chained segment by
-    segment where it takes ``t_start`` (the mixtures' oracle), else solved from T to each time."""
+    """x_ref at every time (len(times), *x_T.shape), float64, chained segment by segment: the checkpoint's reference
+    solution where it takes ``t_start`` (the mixtures' oracle), else the PF-ODE by adaptive dopri5 at
+    ``pretrained.reference``'s tolerance (a checkpoint's own reference, e.g. digits' 1000-NFE Heun, starts at T only:
+    solving it to each of the candidate times would cost candidates x its NFE)."""
+    from pretrained.reference import reference_ode_solution
+
     chained = "t_start" in inspect.signature(ck.reference_solution).parameters
     out, x = [x_T.to(torch.float64)], x_T.to(torch.float64)
     for s, t in zip(times[:-1].tolist(), times[1:].tolist()):
-        x = (ck.reference_solution(x, t, t_start=s) if chained else ck.reference_solution(x_T, t)).to(torch.float64)
+        x = (ck.reference_solution(x, t, t_start=s) if chained
+             else reference_ode_solution(ck.model, x, t, t_start=s)).to(torch.float64)
         out.append(x)
     return torch.stack(out)
 
@@ -150,6 +156,17 @@ def cost_tensor2(model, traj: torch.Tensor, times: torch.Tensor, predict: str) -
         step = base[None] + k[:, :, None, None] * (ms[i] - ms[:i])[:, None]
         C2[:i, i, i + 1:] = (step - xs[j][None]).square().sum(-1).sqrt().mean(-1) / math.sqrt(d)
     return C2
+
+
+def schedule_objective(model, traj: torch.Tensor, times: torch.Tensor, predict: str, fit: str, gamma: float) -> float:
+    """The DP's value of one schedule (``times``, its nodes in order, with x_ref at each): sum_k gamma^(K-k) c_k, the
+    cost of ``fit_schedule`` (local1) or ``fit_schedule2`` (local2) for the path through every node."""
+    C = cost_matrix(model, traj, times, predict)
+    C2 = cost_tensor2(model, traj, times, predict) if fit == "local2" else None
+    v = float(C[0, 1])
+    for k in range(1, len(times) - 1):
+        v = (float(C[k, k + 1]) if C2 is None else float(C2[k - 1, k, k + 1])) + gamma * v
+    return v
 
 
 def fit_schedule2(C: torch.Tensor, C2: torch.Tensor, steps: int, gamma: float) -> list[int]:
@@ -303,7 +320,8 @@ class TuneSettings:
     checkpoint: str
     nfes: list
     specs: list
-    budget: int = DEFAULT_BUDGET
+    budget: int | None = DEFAULT_BUDGET  # trial cells per family and NFE, or None with budget_s
+    budget_s: float | None = None        # a time budget for the whole search (--budget 30m), split evenly per family
     seed: int = 0
     tune_samples: int = 64
     val_seeds: int = 8
@@ -383,6 +401,10 @@ class Search:
 
     def _errors(self, cells) -> dict:
         """Run the cells not yet stored (waiting for any another process holds), then {cell_id: solver error}."""
+        return {k: err for k, (err, _) in self._metrics(cells).items()}
+
+    def _metrics(self, cells) -> dict:
+        """As ``_errors``: {cell_id: (solver error, FID)}; inf for a failed cell, NaN FID where the cell has none."""
         from .runner import run_sweep
         from .store import ResultsStore
 
@@ -397,12 +419,13 @@ class Search:
         want = {c.cell_id for c in cells}
         df = store.read()
         df = df[df["cell_id"].isin(want)]
-        err = {}
+        out = {}
         for _, row in df.iterrows():
-            v = row.get("solver_error_mean")
+            v, f = row.get("solver_error_mean"), row.get("fid")
             ok = row["status"] == "ok" and v is not None and math.isfinite(float(v))
-            err[row["cell_id"]] = float(v) if ok else math.inf
-        return err
+            fid = float(f) if row["status"] == "ok" and f is not None and not _missing(f) else math.nan
+            out[row["cell_id"]] = (float(v) if ok else math.inf, fid if ok else math.inf)
+        return out
 
     # stages -----------------------------------------------------------------
     def tune(self, sampler, nfe: int) -> dict:
@@ -413,18 +436,37 @@ class Search:
         space = search_space(sampler, nfe)
         pred_types = sorted({p for b, o in space if (p := fit_prediction(b, o)) is not None})
         n_fit = min(s.top, len(space)) * len(s.gammas) * len(FITS) if pred_types else 0
-        room = s.budget - n_fit
+        room = math.inf if s.budget is None else s.budget - n_fit
         if room < 1:
             raise ValueError(f"--budget {s.budget} leaves no screen trials for {sampler.name} after its {n_fit} "
                              f"fitted schedules; allowed: >= {n_fit + 1}")
         default = (base, dict(sampler.options))
-        if len(space) > room:  # a deterministic subset, always with the sampler as given
-            rest = [bo for bo in space if bo != default]
-            rest = random.Random(f"{s.seed}|{sampler.name}|{nfe}").sample(rest, room - (default in space))
-            space = ([default] if default in space else []) + rest
-        objs = [samplers.get(b, **o) for b, o in space]
-        cells = self._cells(objs, nfe, [self.tune_seed], s.tune_samples)
-        errs = self._errors(cells)
+        # the screen's order: the sampler as given, then the rest in an order drawn from the search seed; a cell budget
+        # takes its first `room` trials, a time budget as many as its share of the clock allows (both: a prefix)
+        full = space
+        rest = [bo for bo in space if bo != default]
+        random.Random(f"{s.seed}|{sampler.name}|{nfe}").shuffle(rest)
+        space = ([default] if default in space else []) + rest
+        if s.budget_s is None:
+            space = space[:room]
+            errs = self._errors(self._cells([samplers.get(b, **o) for b, o in space], nfe, [self.tune_seed],
+                                            s.tune_samples))
+        else:
+            share = s.budget_s / (len(self.methods) * len(s.nfes))
+            stage_start, cells, errs = time.perf_counter(), [], {}
+            for lo in range(0, len(space), SCREEN_CHUNK):
+                objs = [samplers.get(b, **o) for b, o in space[lo:lo + SCREEN_CHUNK]]
+                before, t0 = self.cells_run, time.perf_counter()
+                chunk = self._cells(objs, nfe, [self.tune_seed], s.tune_samples)
+                errs.update(self._errors(chunk))
+                cells += chunk
+                ran = self.cells_run - before
+                per_cell = (time.perf_counter() - t0) / ran if ran else 0.0
+                if time.perf_counter() - stage_start + per_cell * (n_fit + SCREEN_CHUNK) > share:
+                    break  # the next chunk and the fitted schedules would not fit in this family's share
+            space = space[:len(cells)]
+        space = [bo for bo in full if bo in space]  # the search space's order: ties go the same way for any budget
+        cells = self._cells([samplers.get(b, **o) for b, o in space], nfe, [self.tune_seed], s.tune_samples)
         screen = [(errs.get(c.cell_id, math.inf), i) for i, c in enumerate(cells)]
         trials = [(space[i], None, None, e) for e, i in screen]  # ((base, options), times, gamma, tuning error)
         # fitted schedules for the best configurations that spend one NFE per step (one per grid-less config)
@@ -465,11 +507,14 @@ class Search:
         objs = [samplers.get(b, **o) for b, o in val.values()]
         per_seed = {}
         cells = self._cells(objs, nfe, self.val_seeds, s.val_samples)
-        errs = self._errors(cells)
+        got = self._metrics(cells)
         for c in cells:
             k = keys[next(i for i, o in enumerate(objs) if o is c.sampler)]
-            per_seed.setdefault(k, {})[c.seed] = errs.get(c.cell_id, math.inf)
-        val_err = {k: [per_seed[k][sd] for sd in self.val_seeds] for k in keys}
+            per_seed.setdefault(k, {})[c.seed] = got.get(c.cell_id, (math.inf, math.inf))
+        val_err = {k: [per_seed[k][sd][0] for sd in self.val_seeds] for k in keys}
+        val_fid = {k: [per_seed[k][sd][1] for sd in self.val_seeds] for k in keys}
+        has_fid = not all(math.isnan(f) for v in val_fid.values() for f in v)
+        cmp_fit = trials[best_fit][2] if best_fit is not None else None
         summary = {
             "sampler": sampler.name, "base": base, "nfe": nfe,
             "tune_error": {"default": next((e for bo, _, _, e in trials if bo == default), None), "tuned": win_err},
@@ -485,16 +530,27 @@ class Search:
                                 "gamma": trials[best_fit][2][1] if best_fit is not None else None},
             "trials": len(trials), "screen_trials": len(space), "fitted_trials": len(fitted),
             "heldout_seeds": self.val_seeds, "heldout_per_seed": val_err,
+            # FID confirms on the same held-out cells, it never selects (NaN where the checkpoint has no FID)
+            "heldout_fid": {k: _mean(v) for k, v in val_fid.items()} if has_fid else None,
+            "heldout_fid_per_seed": val_fid if has_fid else None,
+            "paired_fid": paired(val_fid["default"], val_fid["tuned"]) if has_fid else None,
+            "paired_fid_vs_best_fixed": paired(val_fid["best_screen"], val_fid["tuned"]) if has_fid else None,
+            # the DP's own objective (the fitted schedule's cost and gamma) of the fitted schedule and of every fixed
+            # grid, on the tuning seed: a fixed grid with a larger objective and a smaller held-out error says the
+            # objective, not the optimiser, is what loses
+            "dp_objective": (self.objectives(cmp_base, cmp_opts, nfe, trials[best_fit][1], *cmp_fit)
+                             if cmp_fit else None),
         }
         name = f"{s.checkpoint}-{sampler.name}-nfe{nfe}".replace(":", "_").replace("*", "_")
         rec = {"format": PRESET_FORMAT, "name": name, "base": win_base, "options": win_opts, "times": win_times,
                "nfe": nfe, "checkpoint": s.checkpoint, "fingerprint": self.ck.fingerprint or "",
-               "search": {"budget": s.budget, "seed": s.seed, "tune_seed": self.tune_seed,
+               "search": {"budget": s.budget, "budget_s": s.budget_s, "seed": s.seed, "tune_seed": self.tune_seed,
                           "tune_samples": s.tune_samples, "heldout_seeds": self.val_seeds,
                           "heldout_samples": s.val_samples, "trials": len(trials),
                           "fit": win_fit[0] if win_fit else None, "gamma": win_fit[1] if win_fit else None,
                           "candidates": s.candidates, "objective": "solver_error_mean",
-                          "started_from": sampler.name},
+                          "started_from": sampler.name, "screen_trials": len(space),
+                          "cells_budget_equivalent": len(space) + n_fit},  # --budget N reruns a time budget's search
                "heldout": {"default": summary["heldout_error"]["default"],
                            "tuned": summary["heldout_error"]["tuned"], "paired": summary["paired"]}}
         try:
@@ -504,6 +560,22 @@ class Search:
             raise ValueError(f"cannot write preset {name}: {one_line(exc)}") from None
         summary["preset_name"] = TUNED_PREFIX + name
         return summary
+
+    def objectives(self, base: str, options: dict, nfe: int, fitted_times: list, fit: str, gamma: float) -> dict:
+        """{"grid:fitted" / "grid:<fixed>": the DP objective of that schedule} for ``options``' prediction type, on
+        the tuning seed's reference trajectory at the schedule's own times (``schedule_objective``)."""
+        sch = self.ck.model.schedule
+        t_end = fitted_times[-1]
+        steps = len(fitted_times) - 1
+        x_T = initial_noise(self.tune_seed, range(self.s.tune_samples), self.ck.data_shape, device=self.opts.device,
+                            std=sch.prior_std)
+        predict = fit_prediction(base, options)
+        out = {}
+        for key, ts in [("grid:fitted", torch.tensor(fitted_times, dtype=torch.float64))] + [
+                (f"grid:{g}", grids.time_grid(sch, g, steps, t_end)) for g in FIXED_GRIDS]:
+            traj = self._trajectory(x_T, ts, t_end)
+            out[key] = schedule_objective(self.ck.model, traj, ts, predict, fit, gamma)
+        return out
 
     def cost(self, options: dict, base: str, nfe: int):
         """The DP cost matrix of ``options``' prediction type and t_end on the tuning seed (cached on disk)."""
@@ -557,6 +629,96 @@ class Search:
         return traj
 
 
+# -- transfer: presets tuned on one checkpoint, run on another --------------------------------------------------------
+def map_times(times: list, source, target) -> list:
+    """A fitted schedule on ``target``'s schedule: the same times where both schedules agree on them (digits ->
+    digits-lw), else the same fractions of the log-SNR range between the ends (source T..t_end -> target T..t_end)."""
+    ts = torch.tensor(times, dtype=torch.float64)
+    if (type(source) is type(target) and source.T == target.T
+            and torch.equal(source.lambda_(ts), target.lambda_(ts))):
+        return [float(t) for t in ts]
+    lam = source.lambda_(ts)
+    u = (lam - lam[0]) / (lam[-1] - lam[0])
+    ends = target.lambda_(torch.tensor([target.T, target.t_end], dtype=torch.float64))
+    out = target.inverse_lambda(ends[0] + u * (ends[1] - ends[0])).to(torch.float64)
+    out[0], out[-1] = target.T, target.t_end
+    return [float(t) for t in out]
+
+
+def transferred(rec: dict, source_schedule, target_schedule) -> tuple[str, dict]:
+    """(base, options) of a preset on another checkpoint: its options, t_end at the target's own end (t_end is not
+    searched), a fitted schedule's times through ``map_times``."""
+    opts = {**rec["options"], "t_end": None}
+    if rec.get("times") is not None:
+        ts = map_times(rec["times"], source_schedule, target_schedule)
+        opts.update(grid=grids.register_times(ts), t_end=ts[-1])
+    return rec["base"], opts
+
+
+def run_transfer(settings: TuneSettings, ck, records: list[dict]) -> list[dict]:
+    """Each preset's default (the sampler it was tuned from) and tuned configuration on ``ck``, on the held-out seeds
+    ``settings`` draws: paired differences of solver error and FID; writes RESULTS/transfer-<checkpoint>.json/.md."""
+    import pretrained
+
+    from .atomic import atomic_write
+
+    search = Search(settings, ck, [])
+    out = []
+    for rec in records:
+        source = pretrained.load(rec["checkpoint"]).model.schedule if rec.get("times") is not None else None
+        default = samplers.get(rec["search"]["started_from"])
+        base, opts = transferred(rec, source, ck.model.schedule)
+        tuned = samplers.get(base, **opts)
+        cells = search._cells([default, tuned], rec["nfe"], search.val_seeds, settings.val_samples)
+        got = search._metrics(cells)
+        per = {"default": {}, "tuned": {}}
+        for c in cells:
+            per["default" if c.sampler is default else "tuned"][c.seed] = got.get(c.cell_id, (math.inf, math.inf))
+        err = {k: [v[sd][0] for sd in search.val_seeds] for k, v in per.items()}
+        fid = {k: [v[sd][1] for sd in search.val_seeds] for k, v in per.items()}
+        has_fid = not all(math.isnan(f) for v in fid.values() for f in v)
+        out.append({"preset": rec["name"], "tuned_on": rec["checkpoint"], "checkpoint": settings.checkpoint,
+                    "sampler": rec["search"]["started_from"], "nfe": rec["nfe"], "base": base, "options": opts,
+                    "times_mapped": rec.get("times") is not None, "heldout_seeds": search.val_seeds,
+                    "heldout_error": {k: _mean(v) for k, v in err.items()}, "heldout_per_seed": err,
+                    "paired": paired(err["default"], err["tuned"]),
+                    "heldout_fid": {k: _mean(v) for k, v in fid.items()} if has_fid else None,
+                    "heldout_fid_per_seed": fid if has_fid else None,
+                    "paired_fid": paired(fid["default"], fid["tuned"]) if has_fid else None})
+    meta = {"checkpoint": settings.checkpoint, "seed": settings.seed, "heldout_seeds": search.val_seeds,
+            "heldout_samples": settings.val_samples, "cells_run": search.cells_run,
+            "seconds": time.perf_counter() - search.start}
+    stem = f"transfer-{settings.checkpoint}".replace(":", "_").replace("/", "_")
+    text = json.dumps({"transfer": meta, "results": out}, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(Path(settings.results) / f"{stem}.json", lambda tmp: Path(tmp).write_text(text))
+    md = transfer_table(out)
+    atomic_write(Path(settings.results) / f"{stem}.md", lambda tmp: Path(tmp).write_text(md))
+    return out
+
+
+def _ci(p: dict, fmt: str = ".3g") -> str:
+    lo, hi = p["ci95"]
+    return f"{p['diff_mean']:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]{'' if p['resolved'] else ' (not resolved)'}"
+
+
+def transfer_table(rows: list[dict]) -> str:
+    """Markdown: default vs transferred preset per row, solver error and FID with paired 95 % intervals."""
+    lines = ["| preset (tuned on) | run on | NFE | default err | tuned err | default - tuned (95% CI) | default FID | "
+             "tuned FID | default - tuned FID (95% CI) | n |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        h, f = r["heldout_error"], r["heldout_fid"]
+        fcols = (f"{f['default']:.2f} | {f['tuned']:.2f} | {_ci(r['paired_fid'], '.2f')}" if f else "- | - | -")
+        lines.append(f"| {r['preset']} ({r['tuned_on']}) | {r['checkpoint']} | {r['nfe']} | {h['default']:.3g} | "
+                     f"{h['tuned']:.3g} | {_ci(r['paired'])} | {fcols} | {r['paired']['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _missing(v) -> bool:
+    import pandas as pd
+    return bool(pd.isna(v))
+
+
 def _mean(v):
     return sum(v) / len(v) if v else math.nan
 
@@ -583,15 +745,14 @@ def check_tune_args(args) -> None:
     """Scalar arguments of `tune`, before anything is loaded or written."""
     from samplers.registry import validate_nfe
 
-    from .preflight import MAX_SAMPLES, MAX_SEED, MAX_SEEDS, check_size
+    from .preflight import MAX_SAMPLES, MAX_SEED, MAX_SEEDS, check_size, parse_budget
 
     big = args.allow_large
     for nfe in args.nfe:
         validate_nfe(nfe, allow_large=args.allow_large_nfe)
     if not 0 <= args.seed <= MAX_SEED:
         raise ValueError(f"--seed {args.seed}: must be in 0..2**63-1")
-    if args.budget < 2:
-        raise ValueError(f"--budget {args.budget}: must be >= 2 cells")
+    cells, seconds = parse_budget(args.budget)
     for flag, v, lo in (("--tune-samples", args.tune_samples, 1), ("--val-samples", args.val_samples, 1),
                         ("--val-seeds", args.val_seeds, 1), ("--candidates", args.candidates, 3),
                         ("--top", args.top, 0), ("--batch-size", args.batch_size, 1)):
@@ -600,7 +761,8 @@ def check_tune_args(args) -> None:
     check_size("--tune-samples", args.tune_samples, MAX_SAMPLES, big)
     check_size("--val-samples", args.val_samples, MAX_SAMPLES, big)
     check_size("--val-seeds", args.val_seeds, MAX_SEEDS, big)
-    check_size("--budget", args.budget, MAX_SEEDS * 10, big)
+    if cells is not None:
+        check_size("--budget", cells, MAX_SEEDS * 10, big)
     check_size("--candidates", args.candidates, 2000, big)
     if max(args.nfe) >= args.candidates:
         raise ValueError(f"--candidates {args.candidates}: a fitted schedule of NFE {max(args.nfe)} needs more "
@@ -611,13 +773,25 @@ def plan_tune(args):
     """The pre-flight of `tune` (preflight.py's path: methods, checkpoint with one network call, a dry-run of each
     family, the results folder); returns (settings, checkpoint, methods). Nothing is written."""
     from .devices import resolve_device
-    from .preflight import check_environment, check_output_folder, dry_run, load_checkpoints, resolve_methods
+    from .preflight import (check_environment, check_output_folder, dry_run, load_checkpoints, parse_budget,
+                            resolve_methods)
     from .store import ResultsStore
 
     if check_environment() != 1:
         raise ValueError("bench tune runs in one process; share --results between processes to split its trials")
     check_tune_args(args)
     device = resolve_device(args.device)
+    if args.transfer:
+        records = [read_preset(p) for p in transfer_paths(args.transfer, args.results)]
+        ck = load_checkpoints([args.checkpoint], device, allow_large=args.allow_large)[args.checkpoint]
+        for rec in records:
+            dry_run(ck, samplers.get(rec["search"]["started_from"]), [rec["nfe"]], 1, "float64", device)
+        check_output_folder(args.results, "tune --results")
+        ResultsStore(args.results).check()
+        settings = TuneSettings(args.checkpoint, sorted({r["nfe"] for r in records}), [], seed=args.seed,
+                                val_seeds=args.val_seeds, val_samples=args.val_samples, results=args.results,
+                                batch_size=args.batch_size, quiet=args.quiet, device=device)
+        return settings, ck, records
     methods = resolve_methods(args.sampler or list(DEFAULT_SAMPLERS), args.allow_large)
     for m in methods:
         if not hasattr(m, "spec") or m.adaptive or m.stochastic:
@@ -631,11 +805,47 @@ def plan_tune(args):
         dry_run(ck, m, sorted(set(args.nfe)), 1, "float64", device)
     check_output_folder(args.results, "tune --results")
     ResultsStore(args.results).check()
-    settings = TuneSettings(args.checkpoint, sorted(set(args.nfe)), [m.name for m in methods], budget=args.budget,
+    cells, seconds = parse_budget(args.budget)
+    settings = TuneSettings(args.checkpoint, sorted(set(args.nfe)), [m.name for m in methods], budget=cells,
+                            budget_s=seconds,
                             seed=args.seed, tune_samples=args.tune_samples, val_seeds=args.val_seeds,
                             val_samples=args.val_samples, candidates=args.candidates, top=args.top,
                             results=args.results, batch_size=args.batch_size, quiet=args.quiet, device=device)
     return settings, ck, methods
+
+
+def transfer_paths(specs: list, results) -> list[Path]:
+    """``--transfer``'s presets: PATH.json files, or NAME (globs allowed) in RESULTS/presets/; ValueError if none."""
+    out = []
+    for spec in specs:
+        spec = spec[len(TUNED_PREFIX):] if spec.startswith(TUNED_PREFIX) else spec
+        if spec.endswith(".json"):
+            out.append(Path(spec))
+            continue
+        found = sorted((Path(results) / PRESETS_DIR).glob(f"{spec}.json"))
+        if not found:
+            raise ValueError(f"--transfer {spec}: no preset {Path(results) / PRESETS_DIR / (spec + '.json')}; allowed: "
+                             f"a preset file PATH.json or a NAME in RESULTS/{PRESETS_DIR}/ (globs allowed)")
+        out += found
+    return out
+
+
+def command(args) -> int:
+    """``bench tune``: search and write presets, or with ``--transfer`` run presets on another checkpoint."""
+    settings, ck, methods = plan_tune(args)  # every check; nothing written yet
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.transfer:
+        print(transfer_table(run_transfer(settings, ck, methods)), end="")
+        print(f"results in {args.results}/transfer-{settings.checkpoint}.json")
+        return 0
+    rows = run_tune(settings, ck, methods)
+    print(summary_table(rows), end="")
+    for r in rows:
+        print(f"preset {r['preset_name']}: {r['preset']}")
+    print(f"results in {args.results}/tune.json; next: python -m bench run --results {args.results} "
+          f"--checkpoint {args.checkpoint} --sampler {rows[0]['preset_name']} --nfe {rows[0]['nfe']}")
+    return 0
 
 
 def run_tune(settings: TuneSettings, ck, methods) -> list[dict]:
@@ -644,7 +854,8 @@ def run_tune(settings: TuneSettings, ck, methods) -> list[dict]:
 
     search = Search(settings, ck, methods)
     out = [search.tune(m, nfe) for m in methods for nfe in settings.nfes]
-    meta = {"checkpoint": settings.checkpoint, "budget": settings.budget, "seed": settings.seed,
+    meta = {"checkpoint": settings.checkpoint, "budget": settings.budget, "budget_s": settings.budget_s,
+            "seed": settings.seed,
             "tune_seed": search.tune_seed, "heldout_seeds": search.val_seeds, "cells_run": search.cells_run,
             "seconds": time.perf_counter() - search.start}
     text = json.dumps({"search": meta, "results": out}, indent=2, sort_keys=True, default=str) + "\n"
