@@ -43,19 +43,9 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_tune(args) -> int:
-    from .tune import plan_tune, run_tune, summary_table
+    from .tune import command
 
-    settings, ck, methods = plan_tune(args)  # every check; nothing written yet
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-    rows = run_tune(settings, ck, methods)
-    print(summary_table(rows), end="")
-    for r in rows:
-        print(f"preset {r['preset_name']}: {r['preset']}")
-    print(f"results in {args.results}/tune.json; next: python -m bench run --results {args.results} "
-          f"--checkpoint {args.checkpoint} --sampler {rows[0]['preset_name']} --nfe {rows[0]['nfe']}")
-    return 0
+    return command(args)
 
 
 def _cmd_compact(args) -> int:
@@ -208,8 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--nfe", type=int, nargs="+", default=list(DEFAULT_NFE), help="NFE budgets (default: 5 10 20)")
     t.add_argument("--sampler", nargs="+", default=None, metavar="SPEC",
                    help=f"families to tune, as run's specs (default: {' '.join(tune.DEFAULT_SAMPLERS)})")
-    t.add_argument("--budget", type=int, default=tune.DEFAULT_BUDGET,
-                   help="trial cells per sampler and NFE: screen + fitted schedules (default: %(default)s)")
+    t.add_argument("--budget", default=str(tune.DEFAULT_BUDGET),
+                   help="trial cells per sampler and NFE (screen + fitted schedules), or a time for the whole search "
+                        "with a unit s/m/h, e.g. 30m (default: %(default)s cells)")
+    t.add_argument("--transfer", nargs="+", default=None, metavar="PRESET",
+                   help="no search: run these presets (PATH.json, or NAME/glob in RESULTS/presets/) and their defaults "
+                        "on --checkpoint, on the held-out seeds --seed/--val-seeds draw")
     t.add_argument("--seed", type=int, default=0, help="search seed: draws the tuning and held-out seeds")
     t.add_argument("--tune-samples", type=int, default=64, help="samples of the tuning seed (default: %(default)s)")
     t.add_argument("--val-seeds", type=int, default=8, help="held-out seeds (default: %(default)s)")
