@@ -115,6 +115,35 @@ def test_tiny_cd(tmp_path):
     assert not torch.equal(target.net.conv_out.weight, tiny(5).conv_out.weight)  # the target network moved
 
 
+@pytest.mark.parametrize("values, stop", [
+    ([10.0, 9.0], False),                    # no more than k values: never
+    ([10.0, 9.0, 9.0, 8.95], True),          # the last k = 2 gained 0.6 % < 1 %
+    ([10.0, 9.0, 9.0, 8.9], False),          # 1.1 % > 1 %
+    ([10.0, 9.0, 9.5, 9.4], True),           # worse than before: flat
+    ([10.0, 9.0, 8.0, 12.0], False)])        # the best is recent
+def test_plateau_rule(values, stop):
+    assert distill.plateaued(values, 2, 0.01) is stop
+
+
+def test_fit_stops_on_the_plateau_and_says_so(tmp_path):
+    """Evaluations 5, 4, 4, 4, ... (every 2 steps): with k = 2 the run stops at the 4th evaluation (step 6), not at
+    ``steps``; without patience it runs all steps."""
+    scores = iter([5.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0])
+    x0 = torch.rand(8, 1, 8, 8) * 2 - 1
+
+    def loss(net, g, step):
+        return distill.v_loss(net, VPLinear(), x0, g)
+
+    opts = dict(lr=1e-3, warmup=1, ema=0.9, clip=1.0, seed=0, select="x", ckpt_every=2, eval_every=2)
+    out = distill.fit(tmp_path / "a", tiny(1), loss, steps=20, evaluate=lambda n: {"x": next(scores)}, patience=2,
+                      **opts)
+    assert (out["steps_run"], out["stopped"], out["best_step"]) == (6, "plateau", 2)
+    assert [r[0] for r in out["curve"]] == [0, 2, 4, 6] and "last 2 evaluations" in out["stopping_rule"]
+    assert out["threads"] == 1
+    full = distill.fit(tmp_path / "b", tiny(1), loss, steps=6, evaluate=lambda n: {"x": 1.0}, **opts)
+    assert (full["steps_run"], full["stopped"]) == (6, "steps")
+
+
 def test_fit_resumes_bit_for_bit(tmp_path):
     teacher = tiny_teacher()
     x0 = torch.rand(16, 1, 8, 8) * 2 - 1

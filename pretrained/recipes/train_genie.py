@@ -26,11 +26,14 @@ from samplers.schedules import VPLinear
 from ..data import digits_split, split_sha256
 from ..digits import load_unet
 from ..genie import FOLDER, NAME, GenieHead, head_inputs
-from ..weights import save_weights
+from ..distill import plateaued
+from ..weights import load_weights, save_weights
 from .pins_note import pin_note
 from .train_digits import T_MIN
+from .train_students import training_cost
 
 POOL_BATCH = 256
+TEACHER_NFE_PER_POINT = 2  # one teacher pass (eps, h, emb) and one JVP per pool point (a JVP costs ~2-3 passes)
 log = logging.getLogger("train_genie")
 
 
@@ -74,6 +77,18 @@ def evaluate(head, pool: dict) -> dict:
             "heldout_rel_err_median": rel.median().item()}
 
 
+def cost_stages(manifest: dict) -> list[dict]:
+    """The training-cost stages of a shipped head: its manifest's ``training_cost``, or one stage of its ``training``
+    (the pools included: they are rebuilt by a continued run)."""
+    if "training_cost" in manifest:
+        return list(manifest["training_cost"]["stages"])
+    t = manifest["training"]
+    return [{"stage": "genie head", "optimiser_steps": t["steps_run"],
+             "teacher_nfe": TEACHER_NFE_PER_POINT * (t["pool"] + t["heldout"]),
+             "seconds": round(t["seconds"] + t["pool_seconds"], 1), "threads": t["threads"],
+             "shipped_step": t["steps"]}]
+
+
 def _cached_pool(path: Path, make) -> dict:
     if path.exists():
         return torch.load(path, weights_only=True)
@@ -99,6 +114,12 @@ def main(argv=None):
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", choices=["scratch", NAME], default="scratch",
+                   help=f"{NAME}: continue from the shipped head (evaluated as step 0; its training cost is carried)")
+    p.add_argument("--patience", type=int, default=0,
+                   help="stopping rule: stop once the last k evaluations did not lower the best held-out loss by "
+                        "more than --min-improvement (0: off, run --steps)")
+    p.add_argument("--min-improvement", type=float, default=0.01, help="relative, for --patience")
     a = p.parse_args(argv)
     return train(a)
 
@@ -122,6 +143,11 @@ def train(a: argparse.Namespace) -> dict:
 
     torch.manual_seed(a.seed)
     head = GenieHead.for_unet(net, width=a.width)
+    earlier = []
+    if getattr(a, "init", "scratch") == NAME:
+        shipped, shipped_manifest = load_weights(FOLDER, NAME)
+        head.load_state_dict(shipped)
+        earlier = cost_stages(shipped_manifest)
     opt = torch.optim.Adam(head.parameters(), lr=a.lr)
     state = {"step": 0, "curve": [], "best": float("inf"), "best_step": 0, "elapsed": 0.0, "loss_sum": 0.0,
              "loss_n": 0, "pool_s": pool_s}
@@ -132,7 +158,27 @@ def train(a: argparse.Namespace) -> dict:
         state = ck["state"]
         log.info("resumed at step %d", state["step"])
     t0 = time.time() - state["elapsed"]
-    while state["step"] < a.steps:
+    patience, min_improvement = getattr(a, "patience", 0), getattr(a, "min_improvement", 0.01)
+
+    def record(step: int) -> None:
+        ev = evaluate(head, held)
+        train_loss = state["loss_sum"] / state["loss_n"] if state["loss_n"] else float("nan")
+        state["loss_sum"], state["loss_n"] = 0.0, 0
+        state["curve"].append([step, train_loss, ev["heldout_wloss"], ev["heldout_rel_err"],
+                               ev["heldout_rel_err_median"], round(time.time() - t0, 1)])
+        if ev["heldout_wloss"] < state["best"]:
+            state["best"], state["best_step"] = ev["heldout_wloss"], step
+            torch.save(head.state_dict(), best_path)
+        log.info("step %d train %.5f heldout %.5f rel_err %.4f (median %.4f) best %.5f at %d %.0fs", step,
+                 train_loss, ev["heldout_wloss"], ev["heldout_rel_err"], ev["heldout_rel_err_median"],
+                 state["best"], state["best_step"], time.time() - t0)
+
+    def flat() -> bool:
+        return patience > 0 and plateaued([row[2] for row in state["curve"]], patience, min_improvement)
+
+    if earlier and not state["curve"]:
+        record(0)  # the head it continues from: the baseline the stopping rule and the selection compare with
+    while state["step"] < a.steps and not flat():
         step = state["step"]
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + step)  # batch depends on the step only: resumable
         idx = torch.randint(len(pool["x"]), (a.batch,), generator=g)
@@ -148,18 +194,8 @@ def train(a: argparse.Namespace) -> dict:
         state["loss_sum"] += loss.item()
         state["loss_n"] += 1
         if step % a.eval_every == 0 or step == a.steps:
-            ev = evaluate(head, held)
-            train_loss = state["loss_sum"] / state["loss_n"]
-            state["loss_sum"], state["loss_n"] = 0.0, 0
-            state["curve"].append([step, train_loss, ev["heldout_wloss"], ev["heldout_rel_err"],
-                                   ev["heldout_rel_err_median"], round(time.time() - t0, 1)])
-            if ev["heldout_wloss"] < state["best"]:
-                state["best"], state["best_step"] = ev["heldout_wloss"], step
-                torch.save(head.state_dict(), best_path)
-            log.info("step %d train %.5f heldout %.5f rel_err %.4f (median %.4f) best %.5f at %d %.0fs", step,
-                     train_loss, ev["heldout_wloss"], ev["heldout_rel_err"], ev["heldout_rel_err_median"],
-                     state["best"], state["best_step"], time.time() - t0)
-        if step % a.ckpt_every == 0 or step == a.steps:
+            record(step)
+        if step % a.ckpt_every == 0 or step == a.steps or flat():
             state["elapsed"] = time.time() - t0
             torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "state": state}, work / "state.tmp")
             (work / "state.tmp").replace(state_path)
@@ -172,6 +208,14 @@ def train(a: argparse.Namespace) -> dict:
         w.writerow(columns)
         w.writerows(state["curve"])
     best = next(c for c in state["curve"] if c[0] == state["best_step"])
+    stopped = "plateau" if flat() else "steps"
+    rule = (f"stop when the best held-out weighted loss of the last {patience} evaluations (every {a.eval_every} "
+            f"steps) is not {100 * min_improvement:g} % below the best before them" if patience > 0
+            else f"{a.steps} steps (learning rate decayed linearly to 0)")
+    stage = {"stage": "genie head" if not earlier else f"genie head (continued {len(earlier)})",
+             "optimiser_steps": state["step"], "teacher_nfe": TEACHER_NFE_PER_POINT * (a.pool + a.heldout),
+             "seconds": round(state["curve"][-1][5] + state["pool_s"], 1), "threads": 1,
+             "shipped_step": state["best_step"], "stopped": stopped}
     manifest = save_weights(out, torch.load(best_path, weights_only=True), {
         "name": NAME, "architecture": {"class": "pretrained.genie.GenieHead", "config": head.config,
                                        "params": sum(p.numel() for p in head.parameters())},
@@ -188,7 +232,9 @@ def train(a: argparse.Namespace) -> dict:
         "training": {"steps": state["best_step"], "steps_run": state["step"], "batch": a.batch, "lr": a.lr,
                      "lr_schedule": "linear decay to 0", "clip": a.clip, "optimizer": "Adam", "seed": a.seed,
                      "pool": a.pool, "heldout": a.heldout, "threads": 1, "pool_seconds": round(state["pool_s"], 1),
-                     "seconds": state["curve"][-1][5], "recipe": "python -m pretrained.train genie"},
+                     "seconds": state["curve"][-1][5], "recipe": "python -m pretrained.train genie",
+                     "init": getattr(a, "init", "scratch"), "stopping_rule": rule, "stopped": stopped},
+        "training_cost": training_cost(earlier + [stage]),
         "heldout": dict(zip(columns[1:5], best[1:5])),
     })
     log.info("shipped step %d (held-out loss %.5f, rel err %.4f) to %s", best[0], best[2], best[3], out)
