@@ -30,6 +30,11 @@ COLUMNS: dict[str, str] = {
     "solver_error_median": "float64",
     "reference_exact": "boolean",
     "reference_n": "Int64",          # samples the solver error is measured on (the first ones of the cell)
+    "solver_error_se": "float64",    # standard error of solver_error_mean over those samples
+    "reference_nfe": "Int64",        # NFE per sample of the reference solve (<NA>: exact); the same for a seed's rows
+    "reference_s": "float64",        # seconds the seed's reference solution took to compute (once per seed, cached)
+    "reference_error": "float64",    # the reference's own error: L2 to a solve at 2x its NFE (<NA>: exact)
+    "at_reference_floor": "boolean", # solver_error_mean within 10x reference_error: not resolved from the reference
     "frechet": "float64",            # Frechet distance of sample moments to the true data moments
     "loglik": "float64",             # mean log p_0(sample) under the true density
     "fid": "float64",
