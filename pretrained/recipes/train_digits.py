@@ -93,7 +93,8 @@ def main(argv=None):
 
 
 def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: dict | None = None,
-          evaluate: Callable[[UNet], dict] | None = None, select: str = "fid", eval_at_start: bool = False,
+          evaluate: Callable[[UNet], dict] | None = None, select: str | Callable[[dict], float] = "fid",
+          eval_at_start: bool = False, select_start: bool = False,
           manifest: dict | None = None, training: dict | None = None, net_factory: Callable[[], UNet] = UNet,
           labelled: bool = False, schedule=None, model_fn: Callable = as_model, eval_sampler: str = "ddim") -> dict:
     """Train a UNet with Adam (warm-up, clip), EMA weights, a quick FID every ``eval_every`` steps; ship the best.
@@ -109,8 +110,9 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
         evaluate: EMA net -> {column: value}, extra columns of the training curve (and the manifest's
             "eval_curves") at every evaluation.
         select: the column (lower is better) that picks the shipped step and counts ``patience``: "fid" or a
-            key of ``evaluate``'s result.
-        eval_at_start: also evaluate the initial EMA (a step-0 row; never selected).
+            key of ``evaluate``'s result, or a function of the evaluation's columns (named by its ``__name__``).
+        eval_at_start: also evaluate the initial EMA (a step-0 row; selected only with ``select_start``: a run that
+            continues shipped weights ships them again unless a later step beats them).
         manifest, training: entries added to (or replacing) the manifest's top level and its "training" entry.
         schedule: the noise schedule ``loss`` trains on (default VPLinear()); ``model_fn`` (net -> DiffusionModel)
             puts the net behind its model boundary and ``eval_sampler`` samples the quick FID (another family: another
@@ -118,6 +120,8 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
     Returns the written manifest.
     """
     torch.set_num_threads(1)
+    score = select if callable(select) else (lambda ev: ev[select])
+    select = getattr(select, "__name__", select)
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=work / "train.log", level=logging.INFO, format="%(asctime)s %(message)s")
@@ -155,6 +159,9 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
         ev = evaluation(ema)
         state["columns"] = [k for k in ev if k != "fid"]
         state["curve"].append([0, float("nan"), ev["fid"], 0.0, *(ev[k] for k in state["columns"])])
+        if select_start:
+            state["best"] = score(ev)
+            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(work / "best_ema.safetensors"))
         log.info("step 0 (initial EMA) %s", " ".join(f"{k} {v:.4f}" for k, v in ev.items()))
     while state["step"] < a.max_steps and state["stale"] < a.patience:
         step = state["step"]
@@ -183,8 +190,8 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
             state["loss_sum"], state["loss_n"] = 0.0, 0
             state["curve"].append([step, loss_avg, ev["fid"], round(time.time() - t0, 1),
                                    *(ev[k] for k in state["columns"])])
-            if ev[select] < state["best"]:
-                state["best"], state["best_step"], state["stale"] = ev[select], step, 0
+            if score(ev) < state["best"]:
+                state["best"], state["best_step"], state["stale"] = score(ev), step, 0
                 save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(work / "best_ema.safetensors"))
             else:
                 state["stale"] += 1
@@ -217,6 +224,9 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
                      "ema": a.ema, "ema_warmup": "min(ema, (1 + k) / (10 + k))", "clip": a.clip,
                      "seed": a.seed, "threads": 1, "final_loss": best_row[1],
                      "seconds": state["curve"][-1][3], "recipe": f"python -m pretrained.train {name}",
+                     "stopping_rule": f"stop after {a.patience} evaluations (every {a.eval_every} steps) without a "
+                                      f"new best {select}, or at {a.max_steps} steps",
+                     "stopped": "plateau" if state["stale"] >= a.patience else "steps",
                      **(training or {})},
         "fid_curve": {"protocol": f"EMA weights, {eval_sampler} {a.eval_nfe} NFE, {a.eval_samples} samples (seed {EVAL_SEED}), "
                                   "classifier features vs the 300 'reference' images",
