@@ -10,7 +10,7 @@ import fnmatch
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -161,16 +161,30 @@ class Cell:
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def own_budgets(nfes: Iterable[int], supports: Callable[[int], bool]) -> list[int]:
+    """The NFE budgets a method runs at: the sweep's ``nfes``, and, when it can spend none of them (a distilled
+    student trained for 1, 2, 4, 8 in a sweep of 5, 10, 20), also every budget from 1 to the sweep's largest that
+    ``supports`` (the method's NFE check on this checkpoint) accepts. The sweep's own budgets keep their rows (an
+    ``unsupported`` row says why), so the cells of a method that fits the sweep never change.
+    """
+    nfes = sorted(set(nfes))
+    if not nfes or any(supports(n) for n in nfes):
+        return nfes
+    return sorted(set(nfes) | {n for n in range(1, nfes[-1]) if supports(n)})
+
+
 def make_cells(checkpoints: Iterable[str], sampler_objs: Iterable, nfes: Iterable[int],
                seeds: Iterable[int], n_samples: int, *, state_dtype: str = DEFAULT_STATE_DTYPE,
                net_dtype: str = "native", n_likelihood: int = DEFAULT_NLL_SAMPLES,
-               guidance: Iterable[float] | None = None, fid_ref=None) -> list[Cell]:
+               guidance: Iterable[float] | None = None, fid_ref=None,
+               budgets: Callable[[object], list[int]] | None = None) -> list[Cell]:
     """The sweep in run order: grouped by checkpoint and seed so x_T and references are shared.
 
     A sampler's cell draws ``n_samples`` samples, once per classifier-free ``guidance`` scale if given (None:
     unconditional); a likelihood estimator's cell evaluates the first ``n_likelihood`` held-out data points
     (unguided: it is the likelihood of the checkpoint's unconditional model). ``fid_ref``: the sampler cells' FID
-    reference set (None: each checkpoint's own).
+    reference set (None: each checkpoint's own). ``budgets(method)``: the NFE budgets of one method (default: the
+    sweep's ``nfes``; ``bench.preflight.plan_run`` passes ``own_budgets`` against each checkpoint).
     """
     nfes, sampler_objs = sorted(set(nfes)), list(sampler_objs)
     for n in nfes:
@@ -192,7 +206,7 @@ def make_cells(checkpoints: Iterable[str], sampler_objs: Iterable, nfes: Iterabl
         for seed in dict.fromkeys(int(s) for s in seeds):
             for s in sampler_objs:
                 n = n_likelihood if isinstance(s, LikelihoodMethod) else n_samples
-                for nfe in ([None] if s.adaptive else nfes):
+                for nfe in ([None] if s.adaptive else nfes if budgets is None else budgets(s)):
                     for g in [None] if isinstance(s, LikelihoodMethod) else scales:
                         ref = None if isinstance(s, LikelihoodMethod) else fid_ref
                         cells.append(Cell(ck, s, nfe, seed, int(n), state_dtype, net_dtype, g, ref))

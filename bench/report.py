@@ -19,11 +19,14 @@ import numpy as np
 import pandas as pd
 
 from .schema import METRICS
+from .stats import ALPHA, MARK, holm, paired_difference, t_halfwidth
 from .store import ResultsStore
 
 LOG_METRICS = {"solver_error_median", "solver_error_mean", "frechet", "fid", "wall_clock_s"}  # KID can be < 0
-TABLE_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik")
-PLOT_METRICS = ("fid", "kid", "solver_error_median", "frechet", "loglik", "wall_clock_s")
+TABLE_METRICS = ("fid", "fid_inf", "kid", "precision", "recall", "density", "coverage", "solver_error_median",
+                 "frechet", "loglik")
+PLOT_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage", "solver_error_median", "frechet", "loglik",
+                "wall_clock_s")
 NLL_PREFIX = "nll:"  # likelihood estimators' rows (bench.grid.NLL_PREFIX): reported in their own table and plot
 FID_AT = ("dpm_solver++_2m", 20)  # the likelihood table shows each checkpoint's FID at this sampler and NFE
 STATUS_MARK = {"unsupported": "n/a", "diverged": "div.", "error": "err"}
@@ -31,7 +34,6 @@ DEFAULT_REPORT_DIR = "reports"  # `bench report` writes to <results>/reports unl
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # used as a folder name as it is
 GUIDANCE_METRICS = ("fid", "accuracy", "out_of_range")  # guided cells: against the guidance scale
 PAIRED_BASELINE = "ddim"  # paired differences are taken against this sampler, seed by seed
-RESOLVED_P = 0.05         # a paired difference is resolved when a two-sided paired t-test gives p < 0.05
 
 
 def default_out(results_dir: str | Path) -> Path:
@@ -89,7 +91,8 @@ def _fmt(x: float) -> str:
 
 
 def metric_table(df: pd.DataFrame, metric: str, *, guided: bool = False) -> tuple[list[str], list, list[list[str]], dict]:
-    """(row labels, NFE columns, cell texts, bold positions) of one metric; mean +- std over seeds.
+    """(row labels, NFE columns, cell texts, bold positions) of one metric; mean ± half-width of its (1 - ALPHA) t
+    interval over seeds (one seed: the mean alone).
 
     ``guided``: a column per (NFE, guidance scale), headed "NFE n, s=g".
     """
@@ -112,7 +115,7 @@ def metric_table(df: pd.DataFrame, metric: str, *, guided: bool = False) -> tupl
             if len(ok):
                 means[i, j] = ok.mean()
                 partial = f" ({len(ok)}/{len(sel)} ok)" if len(ok) < len(sel) else ""
-                row.append(_fmt(ok.mean()) + (f" ± {_fmt(ok.std())}" if len(ok) > 1 else "") + partial)
+                row.append(_fmt(ok.mean()) + (f" ± {_fmt(t_halfwidth(ok))}" if len(ok) > 1 else "") + partial)
             elif len(sel):
                 row.append(STATUS_MARK.get(sel["status"].iloc[0], str(sel["status"].iloc[0])))
             else:
@@ -127,37 +130,42 @@ def metric_table(df: pd.DataFrame, metric: str, *, guided: bool = False) -> tupl
 
 
 def paired_table(df: pd.DataFrame, metric: str, baseline: str = PAIRED_BASELINE):
-    """Per sampler and NFE: mean over seeds of (metric - baseline's metric on the same seed and x_T) +- SE.
+    """Per sampler and NFE: mean over seeds of (metric - baseline's metric on the same seed and x_T) with its
+    (1 - ALPHA) t interval.
 
-    Returns None without the baseline or with fewer than two seeds. A difference is marked resolved
-    (✓) when a two-sided paired t-test over seeds gives p < RESOLVED_P.
+    Returns None without the baseline or with fewer than two seeds. A difference is marked (``stats.MARK``) when its
+    Holm-adjusted p-value (paired t-test over seeds; Holm over every difference of this table) is below ALPHA.
     """
-    from scipy import stats
-
     ok = df[(df["status"] == "ok") & df["nfe"].notna()]
     base = ok[ok["label"] == baseline].set_index(["nfe", "seed"])[metric]
     if base.empty or ok["seed"].nunique() < 2:
         return None
     nfes = sorted(int(n) for n in ok["nfe"].unique())
     labels = sorted(l for l in ok["label"].unique() if l != baseline)
-    cells, means = [], np.full((len(labels), len(nfes)), np.nan)
+    tests, means = {}, np.full((len(labels), len(nfes)), np.nan)
     for i, lab in enumerate(labels):
-        row = []
         for j, nfe in enumerate(nfes):
             mine = ok[(ok["label"] == lab) & (ok["nfe"] == nfe)].set_index("seed")[metric]
-            paired = [(mine[s] - base[(nfe, s)]) for s in mine.index if (nfe, s) in base.index]
-            if len(paired) < 2:
-                row.append("")
-                continue
-            diff = np.asarray(paired, dtype=float)
-            mean, se = diff.mean(), diff.std(ddof=1) / np.sqrt(len(diff))
-            means[i, j] = mean
-            resolved = abs(mean) > stats.t.ppf(1 - RESOLVED_P / 2, len(diff) - 1) * se
-            row.append(f"{mean:+.3g} ± {se:.2g}" + (" ✓" if resolved else ""))
-        cells.append(row)
+            res = paired_difference([mine[s] - base[(nfe, s)] for s in mine.index if (nfe, s) in base.index])
+            if res is not None:
+                tests[(i, j)] = res
+                means[i, j] = res.mean
+    adjusted = dict(zip(tests, holm([t.p for t in tests.values()])))
+    cells = [["" if (i, j) not in tests else paired_text(tests[(i, j)], adjusted[(i, j)])
+              for j in range(len(nfes))] for i in range(len(labels))]
     bold = {j: int(np.nanargmin(means[:, j]) if METRICS.get(metric, True) else np.nanargmax(means[:, j]))
             for j in range(len(nfes)) if np.isfinite(means[:, j]).any()}
     return labels, nfes, cells, bold
+
+
+def paired_text(res, adjusted_p: float) -> str:
+    """"mean [lo, hi]" of a paired difference, with the mark when its Holm-adjusted p-value is below ALPHA."""
+    return f"{res.mean:+.3g} [{res.lo:+.3g}, {res.hi:+.3g}]" + (f" {MARK}" if adjusted_p < ALPHA else "")
+
+
+MARK_NOTE = (f"Mean over seeds of the paired difference (same seed, same x_T) [{100 * (1 - ALPHA):g} % t interval over "
+             f"seeds]; {MARK} = the difference is nonzero at a family-wise error rate of {ALPHA:g} over all the "
+             "differences of this table (paired t-test over seeds, Holm-corrected).")
 
 
 def sample_grid(df: pd.DataFrame, store: ResultsStore, path: Path, per_cell: int = 16, guided: bool = False) -> bool:
@@ -416,7 +424,8 @@ def _render(df: pd.DataFrame, store: ResultsStore, out_dir: Path) -> list[Path]:
         sampled = d_all[~is_nll]
         parts = [f"# {ck}\n", f"{len(sampled)} cells, seeds {sorted(d_all['seed'].unique().tolist())}, "
                  f"{int(sampled['n_samples'].iloc[0]) if len(sampled) else 0} samples per cell. Mean ± std over "
-                 "seeds; best per column in bold; n/a = NFE not supported, div. = diverged, err = error.\n"]
+                 f"seeds ± the half-width of its {100 * (1 - ALPHA):g} % t interval over seeds; best mean per column in bold "
+                 "(sampler metrics only, never likelihoods); n/a = NFE not supported, div. = diverged, err = error.\n"]
         if present:
             parts.append("![metrics](metrics.png)\n")
             plot_metrics(d, present, str(ck), _inside(out_dir, folder / "metrics.png"))
@@ -434,8 +443,7 @@ def _render(df: pd.DataFrame, store: ResultsStore, out_dir: Path) -> list[Path]:
             _inside(out_dir, folder / f"{primary}_paired.md").write_text(to_markdown(*paired, primary))
             written.append(folder / f"{primary}_paired.md")
             parts.append(f"## {primary}: paired difference to {PAIRED_BASELINE} (same seed, same x_T)\n\n"
-                         f"Mean over seeds ± standard error; ✓ = resolved (paired t-test, p < {RESOLVED_P:g}).\n\n"
-                         + to_markdown(*paired, primary))
+                         f"{MARK_NOTE}\n\n" + to_markdown(*paired, primary))
         if sample_grid(d, store, _inside(out_dir, folder / "samples.png")):
             written.append(folder / "samples.png")
             parts.append("## Samples (first seed; rows samplers, columns NFE)\n\n![samples](samples.png)\n")
@@ -465,48 +473,47 @@ def _render(df: pd.DataFrame, store: ResultsStore, out_dir: Path) -> list[Path]:
 
 
 def _likelihood_section(lik: pd.DataFrame, title: str, out_dir: Path, folder: Path) -> tuple[list[Path], str]:
-    """nll_bpd against NFE (table and plot) for one checkpoint's likelihood estimators."""
-    files, text = [], ["## nll_bpd: held-out NLL in bits/dim (lower is better)\n"]
+    """One checkpoint's likelihood estimators as convergence (``bench.report_nll``): NLL against NFE with the
+    converged value, and a table of estimates with their distance to it; never ranked."""
+    from .report_nll import convergence_table, plot_convergence
+
+    files, text = [], ["## nll_bpd: held-out NLL in bits/dim, as convergence to the converged value\n"]
     ok = lik[lik["status"] == "ok"]
     if ok["nll_bpd"].notna().any():
         path = _inside(out_dir, folder / "nll.png")
-        plot_metrics(lik, ["nll_bpd", "wall_clock_s"], f"{title}: likelihood", path)
+        plot_convergence(lik, f"{title}: likelihood", path)
         files.append(path)
         text.append("![nll](nll.png)\n")
-    if lik["nfe"].notna().any():
-        table = metric_table(lik, "nll_bpd")
+        labels, cols, cells, note = convergence_table(lik)
+        table = (labels, cols, cells, {})  # no bold: estimators are not ranked by their value
         for suffix, fmt in ((".md", to_markdown), (".tex", to_latex)):
             path = _inside(out_dir, folder / f"nll_bpd{suffix}")
             path.write_text(fmt(*table, "nll_bpd"))
             files.append(path)
-        text.append(to_markdown(*table, "nll_bpd"))
-    adaptive = ok[ok["nfe"].isna()]
-    if len(adaptive):
-        text.append("Adaptive estimators (they choose their NFE): "
-                    + "; ".join(f"{lab}: {_fmt(g['nll_bpd'].mean())} bits/dim at {g['nfe_counted'].mean():.0f} NFE"
-                                for lab, g in adaptive.groupby("label")) + "\n")
+        text.append(note + "\n\n" + to_markdown(*table, "nll_bpd"))
     return files, "\n".join(text)
 
 
 def likelihood_table(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Rows checkpoint x estimator (x NFE): NLL bits/dim (mean over seeds ± SE over data), NFE, seconds, FID.
+    """Rows checkpoint x estimator (x NFE): NLL bits/dim (mean over seeds ± SE over data), the exact value, the
+    distance to the converged value (``bench.report_nll``) ± SE, that value, the kind of estimate (bound or not),
+    seconds, FID.
 
     The FID column is the checkpoint's FID at FID_AT (same seeds), so likelihood and sample quality sit side by side.
     """
-    head = ["checkpoint", "estimator", "NFE", "NLL (bits/dim)", "exact", "seconds", f"FID ({FID_AT[0]}, {FID_AT[1]})"]
+    from .report_nll import likelihood_rows
+
+    head = ["checkpoint", "estimator", "NFE", "NLL (bits/dim)", "exact", "Δ to converged", "converged value", "kind",
+            "seconds", f"FID ({FID_AT[0]}, {FID_AT[1]})"]
     ok = df[df["status"] == "ok"]
     nll = ok[ok["sampler"].str.startswith(NLL_PREFIX).fillna(False).astype(bool)].assign(
         label=lambda d: sampler_labels(d))
     rows = []
-    for (ck, lab), g in nll.groupby(["checkpoint", "label"]):
-        fid = ok[(ok["checkpoint"] == ck) & (ok["sampler"] == FID_AT[0]) & (ok["nfe"] == FID_AT[1])]["fid"].dropna()
-        for nfe, h in g.groupby(g["nfe"].astype("Float64").fillna(-1)):
-            exact = h["nll_exact_bpd"].dropna()
-            rows.append([str(ck), lab.removeprefix(NLL_PREFIX), f"{h['nfe_counted'].mean():.0f}"
-                         + ("" if nfe >= 0 else " (adaptive)"),
-                         f"{_fmt(h['nll_bpd'].mean())} ± {_fmt(h['nll_bpd_se'].mean())}",
-                         _fmt(exact.mean()) if len(exact) else "", _fmt(h["wall_clock_s"].mean()),
-                         _fmt(fid.mean()) if len(fid) else ""])
+    for r in likelihood_rows(nll):
+        fid = ok[(ok["checkpoint"] == r["checkpoint"]) & (ok["sampler"] == FID_AT[0]) & (ok["nfe"] == FID_AT[1])]["fid"]
+        fid = fid.dropna()
+        rows.append([r["checkpoint"], r["estimator"], r["nfe"], r["nll"], r["exact"], r["delta"], r["ref"], r["kind"],
+                     r["seconds"], _fmt(fid.mean()) if len(fid) else ""])
     return head, rows
 
 
