@@ -366,10 +366,13 @@ def dry_run(ck, method, nfes, n_likelihood: int, state_dtype: str, device) -> No
         return
 
 
-def _supports(method, nfe) -> bool:
+def _supports(method, nfe, model=None) -> bool:
+    """Whether ``method`` can spend ``nfe`` (on ``model``, when given: a student needs its head and budget)."""
     from samplers import Unsupported
     try:
         method.check_nfe(nfe)
+        if model is not None:
+            method.check_model(model, nfe)
     except Unsupported:
         return False
     return True
@@ -387,7 +390,7 @@ class RunPlan:
 def plan_run(args) -> RunPlan:
     """The pre-flight of `run` (see the module docstring); every refusal is a ValueError, nothing is written."""
     from .devices import resolve_device
-    from .grid import make_cells, parse_shard, shard_cells
+    from .grid import make_cells, own_budgets, parse_shard, shard_cells
     from .store import ResultsStore
 
     check_environment()
@@ -407,7 +410,8 @@ def plan_run(args) -> RunPlan:
     fid_ref = check_fid_reference(getattr(args, "fid_ref", None), getattr(args, "fid_extractor", "auto"), checkpoints)
     cells = shard_cells([c for name in checkpoints for c in make_cells(
         [name], methods, args.nfe, args.seeds, args.n_samples or _default_n(name), state_dtype=args.state_dtype,
-        net_dtype=args.net_dtype, n_likelihood=args.nll_samples, guidance=args.guidance, fid_ref=fid_ref)], shard)
+        net_dtype=args.net_dtype, n_likelihood=args.nll_samples, guidance=args.guidance, fid_ref=fid_ref,
+        budgets=lambda m, ck=checkpoints[name]: own_budgets(args.nfe, lambda n: _supports(m, n, ck.model)))], shard)
     ResultsStore(args.results).check()
     return RunPlan(cells, checkpoints, device)
 
