@@ -29,7 +29,8 @@ def _cmd_run(args) -> int:
         torch.set_num_threads(args.threads)
     dist.init_from_env(plan.device)  # the rendezvous is bounded (dist.RENDEZVOUS_TIMEOUT_S); still nothing written
     counts = run_sweep(plan.cells, args.results, options=RunOptions(device=plan.device, batch_size=args.batch_size,
-                                                                    compile=args.compile),
+                                                                    compile=args.compile,
+                                                                    reference_samples=args.reference_samples),
                        progress=not args.quiet)
     if not dist.is_main():
         return 0
@@ -171,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples per cell (default: the checkpoint's, see `bench list`)")
     r.add_argument("--nll-samples", type=int, default=DEFAULT_NLL_SAMPLES,
                    help="held-out data points per likelihood (nll:*) cell (default: %(default)s)")
+    r.add_argument("--reference-samples", type=int, default=None, metavar="N",
+                   help="solver error on the first N samples of each cell (default: 128 where the reference ODE "
+                        "solution is solved, every sample where it is exact)")
     r.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="samples per model call (default: %(default)s)")
     r.add_argument("--results", default=DEFAULT_RESULTS, help="results folder (default: %(default)s)")
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
