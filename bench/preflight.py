@@ -222,7 +222,8 @@ def parse_budget(text, min_cells: int = 2) -> tuple[int | None, float | None]:
 
 # -- run ----------------------------------------------------------------------------------------------------------
 MAX_SEED = 2**63 - 1  # seeds are stored as int64
-RUN_SIZES = {"--batch-size": MAX_BATCH, "--n-samples": MAX_SAMPLES, "--nll-samples": MAX_NLL_SAMPLES}  # each >= 1
+RUN_SIZES = {"--batch-size": MAX_BATCH, "--n-samples": MAX_SAMPLES, "--nll-samples": MAX_NLL_SAMPLES,
+             "--reference-samples": MAX_SAMPLES}  # each >= 1
 
 
 def check_run_args(args) -> None:
@@ -234,7 +235,7 @@ def check_run_args(args) -> None:
         raise ValueError(f"--threads {args.threads}: must be >= 1 (or 0 for torch's choice)")
     check_size("--threads", args.threads, MAX_THREADS, big)
     for flag, cap in RUN_SIZES.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
+        value = getattr(args, flag[2:].replace("-", "_"), None)
         if value is None:  # the checkpoint's default
             continue
         if value < 1:
