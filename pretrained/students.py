@@ -17,7 +17,7 @@ from .distill import v_model
 from .nets import UNet
 from .pins import PINNED_SHA256
 from .registry import available, heads_of, register_head
-from .weights import WEIGHTS_ROOT, load_weights, verify_weights
+from .weights import WEIGHTS_ROOT, load_weights, read_manifest, verify_weights
 
 TEACHER = "digits"
 KD_FOLDER, PD_FOLDER, CD_FOLDER = (WEIGHTS_ROOT / f"digits-{k}" for k in ("kd", "pd", "cd"))
@@ -44,6 +44,22 @@ def load_student(folder, name: str, head: str, device: torch.device, prefix: str
         if not state:
             raise ValueError(f"{folder}: no weights under {prefix!r}; it holds the students {manifest.get('students')}")
     return _boundary(state, manifest, head, device)
+
+
+COST_COLUMNS = ("optimiser_steps", "teacher_nfe", "seconds", "threads")
+
+
+def training_cost(sampler: str, nfe: int | None = None) -> dict | None:
+    """What the network behind a student sampler (kd, pd at ``nfe``, cd) or genie's head cost to train, from its
+    manifest's ``training_cost`` (the digits-v start included): optimiser steps, teacher NFE, wall-clock seconds,
+    threads. None for a sampler that trains nothing."""
+    folder = {"kd": KD_FOLDER, "pd": PD_FOLDER, "cd": CD_FOLDER, "genie": WEIGHTS_ROOT / "digits-genie"}.get(sampler)
+    if folder is None:
+        return None
+    cost = read_manifest(folder)["training_cost"]
+    if sampler == "pd":
+        cost = cost["per_student"][str(nfe)]
+    return {k: cost[k] for k in COST_COLUMNS}
 
 
 def unsupported_reason(exc: Exception) -> str:

@@ -15,6 +15,7 @@ import pretrained
 from pretrained import distill, students
 from pretrained.nets import UNet
 from pretrained.pins import PINNED_SHA256
+from pretrained.weights import read_manifest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "students" / "samples.pt"
 SAMPLE_SEED, SAMPLE_N = 7, 4
@@ -218,6 +219,41 @@ def test_unsupported_cells(digits):
 def test_unsupported_reason_of_other_errors_is_their_text():
     exc = samplers.UnsupportedNFE("kd is a one-step student: NFE 1 only; asked 2")
     assert students.unsupported_reason(exc) == str(exc)
+
+
+@needs_weights
+@pytest.mark.parametrize("sampler, nfe", [("kd", 1), ("pd", 1), ("pd", 2), ("pd", 4), ("pd", 8), ("cd", 1)])
+def test_training_cost_of_each_student(sampler, nfe):
+    """Each student's manifest carries its full cost (the digits-v start included), and its stages add up to it."""
+    cost = students.training_cost(sampler, nfe)
+    assert set(cost) == set(students.COST_COLUMNS) and cost["threads"] >= 1
+    assert cost["optimiser_steps"] > 0 and cost["teacher_nfe"] > 0 and cost["seconds"] > 0
+    folder = {"kd": students.KD_FOLDER, "pd": students.PD_FOLDER, "cd": students.CD_FOLDER}[sampler]
+    full = read_manifest(folder)["training_cost"]
+    stages = full["stages"]
+    assert stages[0]["stage"] == "digits-v"
+    assert full["optimiser_steps"] == sum(s["optimiser_steps"] for s in stages)
+    assert full["teacher_nfe"] == sum(s["teacher_nfe"] for s in stages)
+    if sampler == "pd":  # fewer steps cost more rounds
+        per = full["per_student"]
+        assert [per[str(n)]["seconds"] for n in (8, 4, 2, 1)] == sorted(per[str(n)]["seconds"] for n in (8, 4, 2, 1))
+        assert per["1"]["teacher_nfe"] == full["teacher_nfe"]
+    assert students.training_cost("ddim") is None
+
+
+def test_cost_stages_of_a_manifest_before_costs():
+    """KD: pairs x solver NFE teacher evaluations; PD: 2 teacher DDIM steps per sample per step; CD: one."""
+    from pretrained.recipes.train_students import cost_stages
+    v = {"training": {"steps": 5, "steps_run": 7, "seconds": 3.0}, "optimiser": {"threads": 1}}
+    opt = {"batch": 4, "threads": 1}
+    kd = {"student": "kd", "optimiser": opt, "training": {"steps": 9, "steps_run": 10, "seconds": 2.0},
+          "data_set": {"pairs": 16, "seconds": 1.0, "x_end": "digits teacher, samplers.get('x', t_end=0.001), 50 NFE"}}
+    assert [s["teacher_nfe"] for s in cost_stages(kd, v)] == [0, 800, 0]
+    pd = {"student": "pd", "optimiser": opt, "training": {},
+          "rounds": [{"student_steps": 2, "steps": 3, "steps_run": 5, "seconds": 1.0}]}
+    assert [s["teacher_nfe"] for s in cost_stages(pd, v)] == [0, 40]
+    cd = {"student": "cd", "optimiser": opt, "training": {"steps": 9, "steps_run": 10, "seconds": 2.0}}
+    assert [(s["optimiser_steps"], s["teacher_nfe"]) for s in cost_stages(cd, v)] == [(7, 0), (10, 40)]
 
 
 def write_fixture():

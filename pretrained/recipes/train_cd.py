@@ -60,7 +60,7 @@ def main(argv=None):
     earlier = []
     if a.init == "digits-cd":
         cd_net, cd_manifest = load_unet(OUT, name="digits-cd")
-        init, earlier = cd_net.state_dict(), cost_stages(cd_manifest, v_manifest, 1)
+        init, earlier = cd_net.state_dict(), cost_stages(cd_manifest, v_manifest)
     net = UNet(**v_manifest["architecture"]["config"])
     net.load_state_dict(init)
     target = TargetNetwork(net, a.target_ema)

@@ -127,16 +127,35 @@ def v_stage(v_manifest: dict) -> list[dict]:
              "seconds": t["seconds"], "threads": v_manifest["optimiser"].get("threads", 1)}]
 
 
-def cost_stages(manifest: dict, v_manifest: dict, teacher_nfe_per_sample: int) -> list[dict]:
-    """The training-cost stages of a shipped student (what a continued run carries forward): its manifest's
-    ``training_cost``, or for a manifest from before it, the digits-v start and one stage of its ``training``."""
+TEACHER_NFE_PER_SAMPLE = {"cd": 1, "pd": 2}  # per training sample per step: CD one DDIM step, PD two
+
+
+def cost_stages(manifest: dict, v_manifest: dict) -> list[dict]:
+    """The training-cost stages of a student manifest (kd, pd, cd): its ``training_cost`` where it has one, else
+    derived from what it records: the digits-v start, KD's pair set (pairs x the teacher solver's NFE) and its
+    training, each PD round (steps x batch x 2 DDIM steps of the round's teacher: the digits teacher in round 1,
+    the previous student after), CD's training (steps x batch x one teacher DDIM step)."""
     if "training_cost" in manifest:
         return list(manifest["training_cost"]["stages"])
-    t = manifest["training"]
-    return v_stage(v_manifest) + [{
-        "stage": manifest["student"], "optimiser_steps": t["steps_run"],
-        "teacher_nfe": t["steps_run"] * manifest["optimiser"]["batch"] * teacher_nfe_per_sample,
-        "seconds": t["seconds"], "threads": manifest["optimiser"].get("threads", 1), "shipped_step": t["steps"]}]
+    t, batch, threads = manifest["training"], manifest["optimiser"]["batch"], manifest["optimiser"]["threads"]
+    student = manifest["student"]
+    if student == "kd":
+        ds = manifest["data_set"]
+        solver_nfe = int(ds["x_end"].rsplit(",", 1)[1].split()[0])  # "..., 50 NFE"
+        return v_stage(v_manifest) + [
+            {"stage": "kd pairs", "optimiser_steps": 0, "teacher_nfe": ds["pairs"] * solver_nfe,
+             "seconds": ds["seconds"], "threads": threads},
+            {"stage": "kd", "optimiser_steps": t["steps_run"], "teacher_nfe": 0, "seconds": t["seconds"],
+             "threads": threads, "shipped_step": t["steps"]}]
+    if student == "pd":
+        return v_stage(v_manifest) + [
+            {"stage": f"pd round {r['student_steps']} steps", "optimiser_steps": r["steps_run"],
+             "teacher_nfe": r["steps_run"] * batch * TEACHER_NFE_PER_SAMPLE["pd"], "seconds": r["seconds"],
+             "threads": threads, "shipped_step": r["steps"]} for r in manifest["rounds"]]
+    return v_stage(v_manifest) + [
+        {"stage": student, "optimiser_steps": t["steps_run"],
+         "teacher_nfe": t["steps_run"] * batch * TEACHER_NFE_PER_SAMPLE[student], "seconds": t["seconds"],
+         "threads": threads, "shipped_step": t["steps"]}]
 
 
 def training_cost(stages: list[dict]) -> dict:
@@ -149,3 +168,36 @@ def training_cost(stages: list[dict]) -> dict:
             "threads": max(s["threads"] for s in stages),
             "cpu_seconds": round(sum(s["seconds"] * s["threads"] for s in stages), 1),
             "stages": stages}
+
+
+def pd_costs(stages: list[dict]) -> dict[str, dict]:
+    """PD's cost per shipped student: the N-step student costs every round up to and including its own."""
+    out = {}
+    for i, st in enumerate(stages):
+        if st["stage"].startswith("pd round"):
+            n = st["stage"].split()[2]
+            out[n] = {k: v for k, v in training_cost(stages[:i + 1]).items() if k != "stages"}
+    return out
+
+
+def add_costs(folders=("digits-kd", "digits-pd", "digits-cd")) -> None:
+    """Write ``training_cost`` into shipped student manifests that lack it (derived by ``cost_stages``); the
+    weights, and so their pins, are untouched."""
+    import json
+    _, v_manifest = v_start()
+    for name in folders:
+        path = WEIGHTS_ROOT / name / "manifest.json"
+        manifest = json.loads(path.read_text())
+        if "training_cost" in manifest:
+            continue
+        stages = cost_stages(manifest, v_manifest)
+        manifest["training_cost"] = training_cost(stages)
+        if manifest["student"] == "pd":
+            manifest["training_cost"]["per_student"] = pd_costs(stages)
+        path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        print(f"{name}: {manifest['training_cost']['optimiser_steps']} steps, "
+              f"{manifest['training_cost']['teacher_nfe']} teacher NFE, {manifest['training_cost']['seconds']} s")
+
+
+if __name__ == "__main__":
+    add_costs()
