@@ -165,9 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fid-ref", default=None, metavar="PATH",
                    help="FID reference set for every checkpoint: a folder of images, an .npz of uint8 images or an "
                         ".npz of statistics (mu, sigma; EDM's fid.py ref, clean-fid); never unpickled")
-    r.add_argument("--fid-extractor", default="auto", choices=("auto", "digits-classifier", "inception-v3-compat"),
+    r.add_argument("--fid-extractor", default="auto", choices=("auto", "digits-classifier", "inception-v3-compat",
+                                                                "dinov2-vit-s-14", "dinov2-vit-b-14", "dinov2-vit-l-14",
+                                                                "dinov2-vit-g-14"),
                    help="feature extractor for --fid-ref (default: auto, the digits classifier for 1x8x8 grayscale, "
-                        "Inception otherwise; statistics: by their dimension)")
+                        "Inception otherwise; statistics: by their dimension; DINOv2: local files, see the README)")
     r.add_argument("--n-samples", type=int, default=None,
                    help="samples per cell (default: the checkpoint's, see `bench list`)")
     r.add_argument("--nll-samples", type=int, default=DEFAULT_NLL_SAMPLES,

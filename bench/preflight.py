@@ -425,7 +425,7 @@ def check_fid_reference(path, extractor: str, checkpoints: dict):
             raise ValueError(f"--fid-extractor {extractor}: needs --fid-ref (the extractor of a checkpoint's own "
                              f"reference follows its data)")
         return None
-    from .metrics.features import INCEPTION, INCEPTION_ENV
+    from .metrics.features import DINOV2_DIMS, INCEPTION, INCEPTION_ENV, dinov2_sources
     from .metrics.reference_sets import check_checkpoint, open_reference
 
     ref = open_reference(path, extractor or "auto")
@@ -435,6 +435,11 @@ def check_fid_reference(path, extractor: str, checkpoints: dict):
     if ref.extractor == INCEPTION and weights and not Path(weights).is_file():
         raise ValueError(f"--fid-ref {path}: read with {INCEPTION}, whose weights {INCEPTION_ENV}={weights} do not "
                          f"exist")
+    if ref.extractor in DINOV2_DIMS:
+        try:
+            dinov2_sources(ref.extractor)  # a pinned sha256, the local repository and weights (hashed when loaded)
+        except FileNotFoundError as e:
+            raise ValueError(f"--fid-ref {path}: {e}") from None
     return ref
 
 

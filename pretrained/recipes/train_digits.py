@@ -68,6 +68,8 @@ def add_training_args(p: argparse.ArgumentParser, *, workdir: str, out) -> argpa
     p.add_argument("--eval-samples", type=int, default=1000)
     p.add_argument("--eval-nfe", type=int, default=20)
     p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--max-minutes", type=float, default=float("inf"), help="stop earlier after this wall time "
+                   "(summed over resumes; checked between steps)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -163,7 +165,8 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
             state["best"] = score(ev)
             save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(work / "best_ema.safetensors"))
         log.info("step 0 (initial EMA) %s", " ".join(f"{k} {v:.4f}" for k, v in ev.items()))
-    while state["step"] < a.max_steps and state["stale"] < a.patience:
+    max_seconds = getattr(a, "max_minutes", float("inf")) * 60
+    while state["step"] < a.max_steps and state["stale"] < a.patience and time.time() - t0 < max_seconds:
         step = state["step"]
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + step)  # batch depends on the step only: resumable
         pick = torch.randint(len(x_data), (a.batch,), generator=g)
@@ -226,7 +229,8 @@ def train(a: argparse.Namespace, *, name: str, loss: Callable = eps_loss, init: 
                      "seconds": state["curve"][-1][3], "recipe": f"python -m pretrained.train {name}",
                      "stopping_rule": f"stop after {a.patience} evaluations (every {a.eval_every} steps) without a "
                                       f"new best {select}, or at {a.max_steps} steps",
-                     "stopped": "plateau" if state["stale"] >= a.patience else "steps",
+                     "stopped": ("plateau" if state["stale"] >= a.patience else "steps" if state["step"] >= a.max_steps
+                                 else "time"),
                      **(training or {})},
         "fid_curve": {"protocol": f"EMA weights, {eval_sampler} {a.eval_nfe} NFE, {a.eval_samples} samples (seed {EVAL_SEED}), "
                                   "classifier features vs the 300 'reference' images",
