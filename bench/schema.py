@@ -43,6 +43,16 @@ COLUMNS: dict[str, str] = {
     "fid_ref": "string",             # a --fid-ref set's content hash (fidref-...); <NA>: the checkpoint's own reference
     "fid_ref_n": "Int64",            # its images (<NA>: precomputed statistics that do not say)
     "fid_extractor": "string",       # the feature extractor FID and KID used
+    "fid_inf": "float64",            # FID-infinity (Chong & Forsyth 2020): FID fitted linearly in 1/N, read at 1/N = 0
+    "fid_inf_slope": "float64",      # that line's slope: fid - fid_inf is about fid_inf_slope / feat_n
+    "precision": "float64",          # Kynkaanniemi et al. 2019, k-NN balls with k = pr_k, in FID's feature space
+    "recall": "float64",
+    "density": "float64",            # Naeem et al. 2020, k-NN balls with k = dc_k
+    "coverage": "float64",
+    "pr_k": "Int64",                 # the k of precision / recall
+    "dc_k": "Int64",                 # the k of density / coverage
+    "feat_n": "Int64",               # generated samples whose features KID, PRDC and fid_inf use (the first 10,000)
+    "feat_ref_n": "Int64",           # reference images whose features KID and PRDC use (<NA>: statistics, no features)
     "nll_bpd": "float64",            # nll:* cells: mean NLL estimate of held-out data, bits/dim
     "nll_bpd_se": "float64",         # its standard error over data (probe and dequantisation noise included)
     "nll_n": "Int64",                # held-out data points it averages
@@ -74,6 +84,11 @@ METRICS: dict[str, bool] = {
     "loglik": False,
     "fid": True,
     "kid": True,
+    "fid_inf": True,
+    "precision": False,
+    "recall": False,
+    "density": False,
+    "coverage": False,
     "nll_bpd": True,
     "accuracy": False,
     "out_of_range": True,

@@ -8,6 +8,9 @@ torch-fidelity's ``fid_statistics_to_metric`` and ``kid_features_to_metric``. Re
 same way from ``real_data(n, 0)``, or from a user's reference set (``reference_sets.ReferenceSet``: images, or
 precomputed mu / sigma, which give FID but no KID), and cached as safetensors (no pickle) in a folder the caller
 passes, under a hash of everything that determines them; torch-fidelity's own (pickle) cache is never used.
+
+Beside FID and KID, in the same feature space and from the same kept features (the first KID_MAX_SAMPLES samples and
+reference images): precision / recall and density / coverage (``prdc.py``), and FID-infinity (``fid_bias.py``).
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 
 from ..atomic import atomic_write
 from .features import ExtractorSpec, create_extractor, extractor_spec, spec_by_name, to_images
+from .fid_bias import fid_infinity
+from .prdc import DC_K, PR_K, prdc
 
 BATCH_SIZE = 250
 KID_SUBSETS = 100
@@ -209,7 +214,8 @@ def reference_state(checkpoint, *, cache_dir=None, device="cpu", inception_weigh
 
 def fid_kid_from_state(state: dict, checkpoint, *, cache_dir=None, device="cpu", inception_weights_path=None,
                        kid_subsets: int = KID_SUBSETS, reference=None) -> dict:
-    """{"fid", "kid", "kid_std"} of a (merged) accumulator state against the checkpoint's reference set.
+    """{"fid", "kid", "kid_std", "precision", "recall", "density", "coverage", "fid_inf", "fid_inf_slope", "pr_k",
+    "dc_k", "feat_n", "feat_ref_n"} of a (merged) accumulator state against the checkpoint's reference set.
 
     Args:
         state: ``FidAccumulator.state()``, or ``FidAccumulator.merge`` of several.
@@ -219,7 +225,7 @@ def fid_kid_from_state(state: dict, checkpoint, *, cache_dir=None, device="cpu",
         device, inception_weights_path: as for ``FidAccumulator``, used only when the reference is computed.
         kid_subsets: number of KID subsets.
         reference: a ``reference_sets.ReferenceSet`` to compare with instead of the checkpoint's real data (its
-            extractor is used); statistics give FID, and KID NaN.
+            extractor is used); statistics give FID and FID_inf, KID and PRDC NaN.
 
     KID uses torch-fidelity's cubic polynomial kernel; for digits its gamma is 1 / E|f|^2 (manifest
     "kid_gamma") instead of 1 / d, so KID values are not on the Inception scale.
@@ -233,26 +239,43 @@ def fid_kid_from_state(state: dict, checkpoint, *, cache_dir=None, device="cpu",
                          f"samples, {len(state['kid_features'])} of them below that index")
     ref = reference_state(checkpoint, cache_dir=cache_dir, device=device, inception_weights_path=inception_weights_path,
                           reference=reference)
-    if "mu" in ref:  # precomputed statistics: no reference features, so no KID
+    f1 = state["kid_features"]
+    if "mu" in ref:  # precomputed statistics: no reference features, so no KID and no PRDC
         with threadpool_limits(1, "blas"):
             fid = fid_statistics_to_metric(_statistics(state), {"mu": ref["mu"], "sigma": ref["sigma"]},
                                            verbose=False)[KEY_METRIC_FID]
-        return {"fid": fid, "kid": float("nan"), "kid_std": float("nan")}
-    f1, f2 = state["kid_features"], ref["kid_features"]
+        return {"fid": fid, "kid": float("nan"), "kid_std": float("nan"),
+                **_feature_metrics(f1, None, ref["mu"], ref["sigma"], device)}
+    f2 = ref["kid_features"]
     if len(f2) < MIN_SAMPLES:
         raise ValueError(f"checkpoint {checkpoint.name!r}: FID/KID need a reference set of at least {MIN_SAMPLES} "
                          f"images, the reference has {ref['n']}")
+    ref_stats = _statistics(ref)
     # One BLAS thread: on shared cores OpenBLAS's spinning threads make KID's 100 small matmuls ~20x slower.
     with threadpool_limits(1, "blas"):
-        fid = fid_statistics_to_metric(_statistics(state), _statistics(ref), verbose=False)[KEY_METRIC_FID]
+        fid = fid_statistics_to_metric(_statistics(state), ref_stats, verbose=False)[KEY_METRIC_FID]
         kid = kid_features_to_metric(f1, f2, kid_subsets=kid_subsets, kid_kernel_poly_gamma=spec.kid_gamma,
                                      kid_subset_size=min(len(f1), len(f2), 2 * KID_MAX_SUBSET) // 2, verbose=False)
-    return {"fid": fid, "kid": kid[KEY_METRIC_KID_MEAN], "kid_std": kid[KEY_METRIC_KID_STD]}
+    return {"fid": fid, "kid": kid[KEY_METRIC_KID_MEAN], "kid_std": kid[KEY_METRIC_KID_STD],
+            **_feature_metrics(f1, f2, ref_stats["mu"], ref_stats["sigma"], device)}
+
+
+def _feature_metrics(fake: torch.Tensor, real: torch.Tensor | None, mu_ref, sigma_ref, device) -> dict:
+    """PRDC (NaN without reference features, or with k or fewer points in a set) and FID-infinity from the kept
+    features (the first KID_MAX_SAMPLES of each side), computed on ``device``; with the counts and k they used."""
+    nan = float("nan")
+    fake = fake.to(device)
+    out = {"precision": nan, "recall": nan, "density": nan, "coverage": nan, "pr_k": PR_K, "dc_k": DC_K,
+           "feat_n": len(fake), "feat_ref_n": None if real is None else len(real)}
+    if real is not None and min(len(fake), len(real)) > max(PR_K, DC_K):
+        out.update(prdc(fake, real.to(device, fake.dtype)))
+    out.update(fid_infinity(fake, mu_ref, sigma_ref))
+    return out
 
 
 def fid_kid(samples: torch.Tensor, checkpoint, *, cache_dir=None, device="cpu", inception_weights_path=None,
             kid_subsets: int = KID_SUBSETS, batch_size: int = BATCH_SIZE, cache_root=None) -> dict:
-    """{"fid", "kid", "kid_std"} of ``samples`` (N, C, H, W) in [-1, 1] (clamped): one accumulator over all of them.
+    """``fid_kid_from_state``'s metrics of ``samples`` (N, C, H, W) in [-1, 1] (clamped): one accumulator over all.
 
     Arguments as for ``FidAccumulator`` and ``fid_kid_from_state``; ``cache_root`` is the former name of ``cache_dir``.
     """

@@ -46,8 +46,10 @@ class ReferenceSet:
 
     @property
     def key(self) -> str:
-        """The name rows and caches use: the content hash's first 16 hex digits."""
-        return f"fidref-{self.digest[:16]}"
+        """The name rows and caches use: the content hash's first 16 hex digits, and the extractor where it is not
+        the one the data's shape implies (the same images read by two extractors are two references)."""
+        default = self.extractor if self.kind == "statistics" else extractor_for_shape(self.shape)
+        return f"fidref-{self.digest[:16]}" + ("" if self.extractor == default else f"-{self.extractor}")
 
 
 def _extractors():
@@ -62,14 +64,14 @@ def extractor_for_shape(shape: tuple) -> str:
 
 
 def _choose(extractor: str, *, shape: tuple = (), dim: int = 0, path="") -> str:
-    from .features import extractor_dim
+    from .features import EXTRACTORS, extractor_dim
 
     digits, inception = _extractors()
-    allowed = [AUTO, digits, inception]
+    allowed = [AUTO, *EXTRACTORS]
     if extractor not in allowed:
         raise ValueError(f"--fid-extractor {extractor!r} is not a feature extractor; allowed: {allowed}")
     if dim:  # statistics: the dimension says which extractor made them
-        by_dim = {extractor_dim(digits): digits, extractor_dim(inception): inception}
+        by_dim = {d: name for name, d in EXTRACTORS.items()}
         if extractor == AUTO:
             if dim not in by_dim:
                 raise ValueError(f"{path}: statistics of dimension {dim} match no feature extractor; allowed: "
