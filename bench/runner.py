@@ -26,7 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 import pretrained
@@ -47,7 +48,9 @@ from .store import ResultsStore
 DIVERGED_ABS = 1e2  # |x| beyond this (data lives in about [-3, 3]) marks a cell diverged
 DEFAULT_BATCH = 1000
 WARMUP_SAMPLES = 2  # an untimed run on this many samples before each timed cell
-REFERENCE_CHUNK = 64  # the reference solution is computed in chunks of this many sample indices
+REFERENCE_CHUNK = 64  # the reference solution is computed in chunks of at most this many sample indices
+DEFAULT_REFERENCE_SAMPLES = 128  # solver error on the first 128 samples of a cell where the reference is solved
+REFERENCE_ERROR_SAMPLES = 2  # samples (of seed 0) on which a solved reference's own error is estimated
 
 
 @dataclass(frozen=True)
@@ -58,55 +61,141 @@ class RunOptions:
     batch_size: int = DEFAULT_BATCH
     compile: bool = False
     cache_dir: Path | None = None
+    reference_samples: int | None = None  # solver error on the first this many samples (None: reference_count's)
+
+
+def reference_chunks(k: int) -> list[tuple[int, int]]:
+    """Indices 0..k-1 as an even number of near-equal chunks of at most REFERENCE_CHUNK (one chunk below 2 indices).
+
+    The chunks depend on k alone (never on ranks or batch size), and chunk c goes to rank c mod W: on 2 ranks each
+    solves half of the indices (200 indices: 4 chunks of 50, not 64 + 64 / 64 + 8).
+    """
+    n = -(-k // REFERENCE_CHUNK)
+    n = min(k, n + n % 2)
+    return [(i * k // n, (i + 1) * k // n) for i in range(n)]
 
 
 class ReferenceCache:
     """Exact / reference ODE solutions of the first k sample indices of a seed, in memory and on disk.
 
-    The solution is computed in fixed chunks of REFERENCE_CHUNK indices (chunk c on rank c mod W), so
-    it is the same whatever the batch size or the number of ranks; every rank gets the whole of it.
-    Files are safetensors named by a hash of everything that determines them.
+    The solution is computed in fixed chunks (``reference_chunks``, chunk c on rank c mod W), so it is the same
+    whatever the batch size or the number of ranks; every rank gets the whole of it, with what it cost (``cost``:
+    the solver's NFE per sample and the seconds its chunks took, stored with them). ``error`` estimates a solved
+    reference's own error once per checkpoint and t_end. Files are safetensors / JSON named by a hash of everything
+    that determines them.
     """
 
     def __init__(self, directory: Path | None):
         self.dir = directory
         self._mem: dict[str, torch.Tensor] = {}
+        self._cost: dict[str, dict] = {}
+        self._error: dict[str, float] = {}
 
-    def _chunk(self, ck, seed: int, t_end: float, lo: int, hi: int, device) -> torch.Tensor:
-        key_src = json.dumps({"checkpoint": ck.name, "weights": ck.fingerprint, "seed": seed, "lo": lo, "hi": hi,
-                              "t_end": t_end, "shape": list(ck.data_shape), "exact": ck.reference_exact})
-        key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
-        path = self.dir / f"reference-{key}.safetensors" if self.dir else None
+    def _key(self, ck, **fields) -> str:
+        solver = getattr(ck.reference_solver, "name", None)
+        src = json.dumps({"checkpoint": ck.name, "weights": ck.fingerprint, "shape": list(ck.data_shape),
+                          "exact": ck.reference_exact, "solver": solver, **fields}, sort_keys=True)
+        return hashlib.sha256(src.encode()).hexdigest()[:24]
+
+    def _x_T(self, ck, seed: int, lo: int, hi: int, device) -> torch.Tensor:
+        return initial_noise(seed, range(lo, hi), ck.data_shape, device=device, std=ck.model.schedule.prior_std)
+
+    def _chunk(self, ck, seed: int, t_end: float, lo: int, hi: int, device) -> tuple[torch.Tensor, float]:
+        """(the solution of indices lo..hi-1, the seconds it took to compute, read back from a cached file)."""
+        path = self.dir / f"reference-{self._key(ck, seed=seed, lo=lo, hi=hi, t_end=t_end)}.safetensors" \
+            if self.dir else None
         if path is not None and path.is_file():
             try:
-                return load_file(str(path))["x"].to(device)
+                with safe_open(str(path), "pt", device="cpu") as f:
+                    return f.get_tensor("x").to(device), float((f.metadata() or {})["seconds"])
             except Exception:  # noqa: BLE001 -- a damaged cache file is recomputed, never trusted
                 pass
-        x_T = initial_noise(seed, range(lo, hi), ck.data_shape, device=device, std=ck.model.schedule.prior_std)
-        ref = ck.reference_solution(x_T, t_end).to(torch.float64)
+        synchronize(device)
+        start = time.perf_counter()
+        ref = ck.reference_solution(self._x_T(ck, seed, lo, hi, device), t_end).to(torch.float64)
+        synchronize(device)
+        seconds = time.perf_counter() - start
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             cpu = {"x": ref.detach().cpu().contiguous()}
-            atomic_write(path, lambda tmp: save_file(cpu, str(tmp)))
-        return ref
+            atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata={"seconds": repr(seconds)}))
+        return ref, seconds
 
     def get(self, ck, seed: int, k: int, t_end: float, device) -> torch.Tensor:
         """(k, *shape) float64 on ``device``: the reference solution from x_T of sample indices 0..k-1."""
         key = f"{ck.name}|{ck.fingerprint}|{seed}|{k}|{t_end}|{device}"
         if key not in self._mem:
-            chunks = [(lo, min(lo + REFERENCE_CHUNK, k)) for lo in range(0, k, REFERENCE_CHUNK)]
+            chunks = reference_chunks(k)
             try:
-                mine = {c: self._chunk(ck, seed, t_end, *c, device).cpu()
-                        for j, c in enumerate(chunks) if j % dist.world_size() == dist.rank()}
+                mine = {c: (x.cpu(), s) for j, c in enumerate(chunks) if j % dist.world_size() == dist.rank()
+                        for x, s in [self._chunk(ck, seed, t_end, *c, device)]}
             except Exception as exc:  # noqa: BLE001 -- every rank must reach the gather, then all raise alike
                 mine = {"error": f"{type(exc).__name__}: {exc}"}
             gathered = dist.gather(mine)
             errors = [g["error"] for g in gathered if "error" in g]
             if errors:
                 raise RuntimeError(f"reference solution: {errors[0]}")
-            parts = {c: x for part in gathered for c, x in part.items()}
-            self._mem[key] = torch.cat([parts[c] for c in chunks]).to(device)
+            parts = {c: xs for part in gathered for c, xs in part.items()}
+            self._mem[key] = torch.cat([parts[c][0] for c in chunks]).to(device)
+            solver = ck.reference_solver
+            self._cost[key] = {"reference_nfe": None if solver is None else solver.nfe,
+                               "reference_s": sum(parts[c][1] for c in chunks)}
         return self._mem[key]
+
+    def cost(self, ck, seed: int, k: int, t_end: float, device) -> dict:
+        """What ``get``'s solution cost: {"reference_nfe": NFE per sample (None: exact), "reference_s": seconds}."""
+        return self._cost[f"{ck.name}|{ck.fingerprint}|{seed}|{k}|{t_end}|{device}"]
+
+    def error(self, ck, t_end: float, device) -> float | None:
+        """The reference's own error: mean L2 distance to the solver's ``tight`` solve on the first
+        REFERENCE_ERROR_SAMPLES indices of seed 0 (one per chunk, spread over the ranks); None where it is exact."""
+        solver = ck.reference_solver
+        if solver is None:
+            return None
+        key = self._key(ck, t_end=t_end, error_samples=REFERENCE_ERROR_SAMPLES)
+        if key in self._error:
+            return self._error[key]
+        path = self.dir / f"reference-error-{key}.json" if self.dir else None
+        if path is not None and path.is_file():
+            try:
+                self._error[key] = float(json.loads(path.read_text())["reference_error"])
+                return self._error[key]
+            except Exception:  # noqa: BLE001 -- a damaged cache file is recomputed, never trusted
+                pass
+        try:
+            mine = {}
+            for i in range(dist.rank(), REFERENCE_ERROR_SAMPLES, dist.world_size()):
+                x_T = self._x_T(ck, 0, i, i + 1, device)
+                start = time.perf_counter()
+                d = (solver.solve(x_T, t_end) - solver.tight(x_T, t_end)).flatten(1).norm(dim=1)
+                mine[i] = (float(d[0]), time.perf_counter() - start)
+        except Exception as exc:  # noqa: BLE001 -- every rank must reach the gather, then all raise alike
+            mine = {"error": f"{type(exc).__name__}: {exc}"}
+        gathered = dist.gather(mine)
+        errors = [g["error"] for g in gathered if "error" in g]
+        if errors:
+            raise RuntimeError(f"reference error estimate: {errors[0]}")
+        per = {i: v for part in gathered for i, v in part.items()}
+        self._error[key] = sum(per[i][0] for i in sorted(per)) / len(per)
+        if path is not None and dist.is_main():
+            record = {"checkpoint": ck.name, "reference": solver.name, "tight_nfe": solver.tight_nfe,
+                      "t_end": t_end, "seed": 0, "per_sample": [per[i][0] for i in sorted(per)],
+                      "reference_error": self._error[key], "seconds": sum(v[1] for v in per.values())}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+        return self._error[key]
+
+
+def reference_count(ck, cell: Cell, opts: "RunOptions") -> int:
+    """How many of the cell's first samples solver error is measured on: ``--reference-samples``, else the
+    checkpoint's own count, else all of them for an exact reference and DEFAULT_REFERENCE_SAMPLES for a solved one.
+    0 for guided cells (the reference is the unguided model's ODE solution)."""
+    if cell.guidance is not None:
+        return 0
+    n = opts.reference_samples or ck.reference_samples
+    if n is None:
+        n = cell.n_samples if ck.reference_exact else DEFAULT_REFERENCE_SAMPLES
+    return min(cell.n_samples, n)
 
 
 def _model_for(model, cell: Cell, opts: RunOptions, cache: dict, role: str = "sample"):
@@ -239,9 +328,12 @@ def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: Resu
         return run_likelihood_cell(ck, cell, opts, row, models)
     try:
         t_end = end_time(ck.model.schedule, cell.sampler.options.get("t_end"))
-        # the reference is the unguided model's ODE solution: no solver error for guided cells
-        k = 0 if cell.guidance is not None else min(cell.n_samples, ck.reference_samples or cell.n_samples)
-        reference = refs.get(ck, cell.seed, k, t_end, opts.device) if k else None
+        k = reference_count(ck, cell, opts)
+        reference, ref_info = None, {}
+        if k:
+            reference = refs.get(ck, cell.seed, k, t_end, opts.device)
+            ref_info = {**refs.cost(ck, cell.seed, k, t_end, opts.device),
+                        "reference_error": refs.error(ck, t_end, opts.device)}
         part = generate_shard(ck, _model_for(ck.model, cell, opts, models), cell, opts, reference, k)
     except Exception as exc:  # noqa: BLE001 -- the reference failed: every rank fails the same way
         part = {"error": f"{type(exc).__name__}: {exc}"}
@@ -263,7 +355,8 @@ def run_cell(ck, cell: Cell, refs: ReferenceCache, opts: RunOptions, store: Resu
     try:
         if store is not None:
             store.save_samples(cell.cell_id, merged["keep"][:KEEP_SAMPLES].numpy())
-        row.update(cell_metrics(ck, merged, cache_dir=opts.cache_dir, device=opts.device, reference=cell.fid_ref))
+        row.update(cell_metrics(ck, merged, cache_dir=opts.cache_dir, device=opts.device, reference=cell.fid_ref,
+                                 reference_info=ref_info))
     except Exception as exc:  # noqa: BLE001 -- a failed metric is the cell's error row (STYLE principle 8)
         row.update(status="error", error=f"{type(exc).__name__}: {exc}")
     return row

@@ -22,8 +22,11 @@ class Checkpoint:
         log_prob: exact log p_0(x) where the density is known (analytic mixtures), else None.
         moments: exact (mean, covariance) of the data where known, else None.
         reference_exact: True when ``reference_solution`` is exact rather than a fine solver.
-        reference_samples: solver error uses the first this many samples (None: all), where the
-            reference solution is expensive (a network solved with 1000 NFE).
+        reference_samples: solver error uses the first this many samples (None: the runner's default,
+            ``bench.runner.DEFAULT_REFERENCE_SAMPLES``, or all of them where the reference is exact).
+        reference_solver: the ``pretrained.reference.ReferenceSolver`` behind ``reference_solution`` where it is one:
+            its name keys the reference cache, its NFE is the rows' ``reference_nfe`` and its ``tight`` solve
+            estimates the reference's own error (None: exact, or a function of the checkpoint's own).
         fingerprint: what identifies the weights (their sha256); part of every cache key.
         device: where the model, the mixture parameters and ``reference_solution`` compute; ``real_data`` and
             ``moments`` stay on the CPU (they feed numpy and torch-fidelity).
@@ -43,6 +46,7 @@ class Checkpoint:
     moments: Optional[tuple] = None
     reference_exact: bool = False
     reference_samples: Optional[int] = None
+    reference_solver: Optional[object] = None
     fingerprint: str = ""
     extras: dict = field(default_factory=dict)
     device: torch.device = torch.device("cpu")

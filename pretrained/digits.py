@@ -15,6 +15,7 @@ from samplers.schedules import EDM, FlowMatching, NoiseSchedule, VPLinear
 
 from .data import digits_split, split_sha256
 from .nets import DigitsClassifier, UNet
+from .reference import ReferenceSolver
 from .registry import Checkpoint, register_checkpoint
 from .weights import WEIGHTS_ROOT, load_weights, verify_weights
 
@@ -22,7 +23,6 @@ DATA_SHAPE = (1, 8, 8)
 DATA_LEVELS = 17  # load_digits' pixel values 0..16, scaled to [-1, 1]
 FID_EXTRACTOR = "digits-classifier"
 ORACLE_STEPS = 500  # Heun steps of the reference solution (1000 NFE)
-REFERENCE_SAMPLES = 200  # solver error on the first 200 samples of a cell: the reference costs 1000 NFE each
 DEFAULT_N_SAMPLES = 500  # samples per cell of `bench run` (FID against the 300 reference images)
 UNET_FOLDER = WEIGHTS_ROOT / "digits"
 LW_FOLDER = WEIGHTS_ROOT / "digits-lw"  # the same UNet trained with likelihood weighting (recipes/train_lw.py)
@@ -169,10 +169,10 @@ def _unet_checkpoint(device: torch.device, name: str, folder, description: str, 
     net, manifest = load_unet(folder, name=name)
     net = net.to(device)
     model = family_model(family)(net, name)
+    solver = ReferenceSolver.around(model)
     return Checkpoint(name=name, model=model, description=description,
                       likelihood_data=holdout_data, data_levels=DATA_LEVELS, grad_model=grad_model(model, net),
-                      reference_solution=lambda x_T, t_end: ode_solution(net, x_T, t_end, family),
-                      real_data=real_data, reference_exact=False, reference_samples=REFERENCE_SAMPLES,
+                      reference_solution=solver, reference_solver=solver, real_data=real_data, reference_exact=False,
                       fingerprint=manifest["weights_sha256"],
                       extras={"fid": FID_EXTRACTOR, "fid_reference": (f"digits-reference-{split_sha256()[:16]}", 300),
                               "net": net, "manifest": manifest}, device=device)

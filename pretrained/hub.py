@@ -35,12 +35,11 @@ from samplers.model import DiffusionModel
 from samplers.schedules import EDM, FlowMatching, NoiseSchedule, VPDiscrete
 
 from .checkpoint import Checkpoint, CheckpointEntry, resolve_device
-from .reference import reference_ode_solution
+from .reference import ReferenceSolver
 from .weights import file_sha256, read_json_object
 
 PREFIX = "hub:"
 DEFAULT_N_SAMPLES = 1000
-REFERENCE_SAMPLES = 500  # solver error on the first 500 samples of a cell: a 50,000-sample cell's reference stays small
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 MODEL_CLASSES = "an unconditional diffusers model class called as model(x, t), such as 'UNet2DModel'"
 # diffusers schedulers whose config defines DDPM betas (diffusers' KarrasDiffusionSchedulers less EDMEuler).
@@ -337,8 +336,8 @@ def fingerprint(info: HubFolder) -> str:
 
 
 def load_diffusers(path_or_hub_id: str, *, local_files_only: bool | None = None, device="cpu") -> Checkpoint:
-    """Load a diffusers model + scheduler as a Checkpoint (reference: dopri5 on the PF-ODE, rtol 1e-5, for the first
-    REFERENCE_SAMPLES samples of a cell).
+    """Load a diffusers model + scheduler as a Checkpoint (reference: ``pretrained.reference.ReferenceSolver`` on the
+    PF-ODE, for the runner's default subset of a cell's samples).
 
     Args:
         path_or_hub_id: a local folder (pipeline layout or flat model folder) or a hub id ("google/ddpm-cifar10-32").
@@ -368,10 +367,10 @@ def load_diffusers(path_or_hub_id: str, *, local_files_only: bool | None = None,
     def no_real_data(n, seed=0):
         raise ValueError(f"{name}: a diffusers checkpoint carries no data set; give FID a reference with --fid-ref")
 
+    solver = ReferenceSolver.around(model)
     return Checkpoint(name=name, model=model,
                       description=f"diffusers {info.unet_config['_class_name']} ({fam.name}) from {path_or_hub_id}",
-                      reference_solution=lambda x_T, t_end: reference_ode_solution(model, x_T, t_end),
-                      real_data=no_real_data, reference_exact=False, reference_samples=REFERENCE_SAMPLES,
+                      reference_solution=solver, reference_solver=solver, real_data=no_real_data, reference_exact=False,
                       fingerprint=fingerprint(info),
                       extras={"folder": str(info.folder), "scheduler_config": info.scheduler_config,
                               "learned_variance": learned_variance, "unet": net, "family": fam.name}, device=device)

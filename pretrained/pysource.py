@@ -5,8 +5,8 @@ folder or anything on ``sys.path``) and ``factory(device)`` called only for a ``
 The factory returns a ``samplers.DiffusionModel`` (any family: its schedule and prediction say which), or a pair
 ``(model, real_data)`` where ``real_data`` is a tensor (N, *data_shape) of real samples in the model's data space
 ([-1, 1] for images): it is then the checkpoint's FID reference (its content hash names it) and its real data.
-The reference solution is the PF-ODE solved by dopri5 (rtol 1e-5) for the first REFERENCE_SAMPLES samples of a
-cell. The fingerprint (part of every cache key) hashes the module's source and the network's outputs on a fixed
+The reference solution is the PF-ODE solved by ``pretrained.reference.ReferenceSolver`` for the runner's default
+subset of a cell's samples. The fingerprint (part of every cache key) hashes the module's source and the network's outputs on a fixed
 probe, so changed code or weights never reuse a cache.
 """
 from __future__ import annotations
@@ -24,11 +24,10 @@ from samplers.model import DiffusionModel
 from samplers.noise import initial_noise
 
 from .checkpoint import Checkpoint, CheckpointEntry, resolve_device
-from .reference import reference_ode_solution
+from .reference import ReferenceSolver
 
 PREFIX = "py:"
 DEFAULT_N_SAMPLES = 1000
-REFERENCE_SAMPLES = 500  # solver error on the first 500 samples of a cell (the reference is a dopri5 solve each)
 FORM = "py:package.module:factory"
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 SPEC = re.compile(rf"({_IDENT}(?:\.{_IDENT})*):({_IDENT})")
@@ -127,9 +126,10 @@ def load_python(source: str, device="cpu") -> Checkpoint:
         extras["fid_reference"] = (f"py-data-{hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]}", len(data))
         if is_image_shape(model.data_shape):
             extras["fid"] = "auto"  # bench.metrics.features picks the extractor by shape
+    solver = ReferenceSolver.around(model)
     return Checkpoint(name=name, model=model, description=f"Python factory {source}",
-                      reference_solution=lambda x_T, t_end: reference_ode_solution(model, x_T, t_end),
-                      real_data=real_data, reference_exact=False, reference_samples=REFERENCE_SAMPLES, fingerprint=fp,
+                      reference_solution=solver, reference_solver=solver, real_data=real_data, reference_exact=False,
+                      fingerprint=fp,
                       extras=extras, device=device)
 
 

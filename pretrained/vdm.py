@@ -14,14 +14,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import samplers
 from samplers.model import DiffusionModel
 from samplers.schedules import VPSchedule
 
 from .data import MAX_LEVEL, split_sha256
-from .digits import (DATA_LEVELS, DATA_SHAPE, DEFAULT_N_SAMPLES, FEATURES_FOLDER, FID_EXTRACTOR, ORACLE_STEPS,
-                     REFERENCE_SAMPLES, holdout_data, real_data)
+from .digits import (DATA_LEVELS, DATA_SHAPE, DEFAULT_N_SAMPLES, FEATURES_FOLDER, FID_EXTRACTOR, holdout_data,
+                     real_data)
 from .nets import UNet
+from .reference import ReferenceSolver
 from .registry import Checkpoint, register_checkpoint
 from .weights import WEIGHTS_ROOT, load_weights, verify_weights
 
@@ -257,12 +257,6 @@ def load_vdm(folder=VDM_FOLDER, *, expected_sha256: str | None = None,
     return vdm.eval(), manifest
 
 
-def ode_solution(net: UNet, schedule: LearnedSchedule, x_T: torch.Tensor, t_end: float) -> torch.Tensor:
-    """The PF-ODE solved from x_T by the digits reference: Heun, ORACLE_STEPS steps on the Karras grid."""
-    model = as_model(net, schedule, f"{NAME}-oracle")  # its own NFE counter
-    return samplers.get("heun", grid="karras", t_end=t_end).sample(model, x_T, 2 * ORACLE_STEPS)
-
-
 def check_weights() -> None:
     """ValueError unless the VDM's and the FID feature network's files match their pins (nothing parsed)."""
     verify_weights(VDM_FOLDER, NAME)
@@ -277,11 +271,12 @@ def digits_vdm(device: torch.device) -> Checkpoint:
     vdm, manifest = load_vdm()
     schedule = LearnedSchedule.from_module(vdm.gamma)
     net = vdm.net.to(device)
-    return Checkpoint(name=NAME, model=as_model(net, schedule),
+    model = as_model(net, schedule)
+    solver = ReferenceSolver.around(model)
+    return Checkpoint(name=NAME, model=model,
                       description="VDM UNet (0.5M params) + learned gamma(t) on 8x8 digits",
                       likelihood_data=holdout_data, data_levels=DATA_LEVELS, grad_model=grad_model(net, schedule),
-                      reference_solution=lambda x_T, t_end: ode_solution(net, schedule, x_T, t_end),
-                      real_data=real_data, reference_exact=False, reference_samples=REFERENCE_SAMPLES,
+                      reference_solution=solver, reference_solver=solver, real_data=real_data, reference_exact=False,
                       fingerprint=manifest["weights_sha256"],
                       extras={"fid": FID_EXTRACTOR, "fid_reference": (f"digits-reference-{split_sha256()[:16]}", 300),
                               "net": net, "schedule": schedule, "manifest": manifest}, device=device)

@@ -8,11 +8,14 @@ beyond float64 summation order.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .moments import frechet_distance
 
 KEEP_SAMPLES = 16  # samples of each cell kept for the report's image grids
+FLOOR_FACTOR = 10  # a solver error within this factor of the reference's own error is at the reference's floor
 
 
 class CellAccumulator:
@@ -103,13 +106,30 @@ class CellAccumulator:
         return out
 
 
-def cell_metrics(checkpoint, merged: dict, *, cache_dir=None, device="cpu", reference=None) -> dict:
-    """Every metric the checkpoint supports, from a merged state; ``reference``: a user's FID reference set."""
+def solver_error_metrics(err: torch.Tensor, reference_error: float | None = None) -> dict:
+    """Mean, median and standard error of the mean of per-sample solver errors; ``at_reference_floor`` where the mean
+    is within FLOOR_FACTOR x the reference's own error (then the row measures the reference as much as the solver)."""
+    n = len(err)
+    out = {"solver_error_mean": float(err.mean()), "solver_error_median": float(err.median()), "reference_n": n,
+           "solver_error_se": float(err.std() / math.sqrt(n)) if n > 1 else math.nan}
+    if reference_error is not None:
+        out.update(reference_error=reference_error,
+                   at_reference_floor=out["solver_error_mean"] <= FLOOR_FACTOR * reference_error)
+    else:
+        out["at_reference_floor"] = False  # exact: no floor but float64 round-off
+    return out
+
+
+def cell_metrics(checkpoint, merged: dict, *, cache_dir=None, device="cpu", reference=None,
+                 reference_info: dict | None = None) -> dict:
+    """Every metric the checkpoint supports, from a merged state; ``reference``: a user's FID reference set;
+    ``reference_info``: the solver-error reference's cost and own error (``bench.runner.ReferenceCache``)."""
     out = {}
     err = merged["err"]
     if len(err):
-        out.update(solver_error_mean=float(err.mean()), solver_error_median=float(err.median()),
-                   reference_exact=checkpoint.reference_exact, reference_n=len(err))
+        info = reference_info or {}
+        out.update(solver_error_metrics(err, info.get("reference_error")), reference_exact=checkpoint.reference_exact)
+        out.update({k: info[k] for k in ("reference_nfe", "reference_s") if info.get(k) is not None})
     n = merged["n"]
     if merged["sum"] is not None and n > 1:
         mean = merged["sum"] / n
