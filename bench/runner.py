@@ -148,7 +148,8 @@ class ReferenceCache:
 
     def error(self, ck, t_end: float, device) -> float | None:
         """The reference's own error: mean L2 distance to the solver's ``tight`` solve on the first
-        REFERENCE_ERROR_SAMPLES indices of seed 0 (one per chunk, spread over the ranks); None where it is exact."""
+        REFERENCE_ERROR_SAMPLES indices of seed 0 (one batch, on rank 0, once per checkpoint and t_end; cached);
+        None where the reference is exact."""
         solver = ck.reference_solver
         if solver is None:
             return None
@@ -156,33 +157,30 @@ class ReferenceCache:
         if key in self._error:
             return self._error[key]
         path = self.dir / f"reference-error-{key}.json" if self.dir else None
-        if path is not None and path.is_file():
+        result = None
+        if dist.is_main():  # rank 0 alone reads or computes it: every rank then takes the same value
             try:
-                self._error[key] = float(json.loads(path.read_text())["reference_error"])
-                return self._error[key]
+                result = json.loads(path.read_text()) if path is not None and path.is_file() else None
+                float(result["reference_error"])
             except Exception:  # noqa: BLE001 -- a damaged cache file is recomputed, never trusted
-                pass
-        try:
-            mine = {}
-            for i in range(dist.rank(), REFERENCE_ERROR_SAMPLES, dist.world_size()):
-                x_T = self._x_T(ck, 0, i, i + 1, device)
-                start = time.perf_counter()
-                d = (solver.solve(x_T, t_end) - solver.tight(x_T, t_end)).flatten(1).norm(dim=1)
-                mine[i] = (float(d[0]), time.perf_counter() - start)
-        except Exception as exc:  # noqa: BLE001 -- every rank must reach the gather, then all raise alike
-            mine = {"error": f"{type(exc).__name__}: {exc}"}
-        gathered = dist.gather(mine)
-        errors = [g["error"] for g in gathered if "error" in g]
-        if errors:
-            raise RuntimeError(f"reference error estimate: {errors[0]}")
-        per = {i: v for part in gathered for i, v in part.items()}
-        self._error[key] = sum(per[i][0] for i in sorted(per)) / len(per)
-        if path is not None and dist.is_main():
-            record = {"checkpoint": ck.name, "reference": solver.name, "tight_nfe": solver.tight_nfe,
-                      "t_end": t_end, "seed": 0, "per_sample": [per[i][0] for i in sorted(per)],
-                      "reference_error": self._error[key], "seconds": sum(v[1] for v in per.values())}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+                result = None
+            if result is None:
+                try:
+                    x_T = self._x_T(ck, 0, 0, REFERENCE_ERROR_SAMPLES, device)
+                    start = time.perf_counter()
+                    d = (solver.solve(x_T, t_end) - solver.tight(x_T, t_end)).flatten(1).norm(dim=1)
+                    result = {"checkpoint": ck.name, "reference": solver.name, "tight_nfe": solver.tight_nfe,
+                              "t_end": t_end, "seed": 0, "per_sample": d.tolist(),
+                              "reference_error": float(d.mean()), "seconds": time.perf_counter() - start}
+                    if path is not None:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+                except Exception as exc:  # noqa: BLE001 -- every rank must reach the broadcast, then all raise
+                    result = {"error": f"{type(exc).__name__}: {exc}"}
+        result = dist.broadcast(result)
+        if "error" in result:
+            raise RuntimeError(f"reference error estimate: {result['error']}")
+        self._error[key] = float(result["reference_error"])
         return self._error[key]
 
 
