@@ -28,6 +28,9 @@ def _cmd_run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dist.init_from_env(plan.device)  # the rendezvous is bounded (dist.RENDEZVOUS_TIMEOUT_S); still nothing written
+    if args.config and dist.is_main():
+        from .config import save_config_copy
+        save_config_copy(args.results, args.config)  # `bench report` names the config that made the results
     counts = run_sweep(plan.cells, args.results, options=RunOptions(device=plan.device, batch_size=args.batch_size,
                                                                     compile=args.compile,
                                                                     reference_samples=args.reference_samples),
@@ -194,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"allow sizes above their caps: --n-samples {MAX_SAMPLES:,}, --nll-samples {MAX_NLL_SAMPLES:,}, "
                         f"--batch-size {MAX_BATCH:,}, integer sampler options {MAX_OPTION_INT:,}, hub UNet configs")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="the sweep's options from a TOML file (keys: these options' names with underscores, e.g. nfe, "
+                        "checkpoint, sampler, seeds, n_samples); see the README's Report section")
     r.set_defaults(func=_cmd_run)
+    p.run_parser = r  # --config checks its keys against run's options
 
     from . import tune
 
@@ -260,8 +267,12 @@ def main(argv=None) -> int:
     """Exit codes: 0 done, 1 a check failed or the results folder could not be written mid-run, 2 bad input
     (one line on stderr, nothing written), 130 interrupted."""
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
         with captured_third_party(verbose=args.verbose):
+            if getattr(args, "config", None):
+                from .preflight import apply_run_config
+                apply_run_config(args, parser.run_parser, sys.argv[1:] if argv is None else list(argv))
             return args.func(args)
     except KeyboardInterrupt:  # at start-up too: nothing is written before the pre-flight ends
         print(INTERRUPTED, file=sys.stderr)

@@ -411,7 +411,11 @@ def _publish(stage: Path, out_dir: Path, staged: list[Path]) -> list[Path]:
 
 def _render(df: pd.DataFrame, store: ResultsStore, out_dir: Path) -> list[Path]:
     """Every file of the report under ``out_dir`` (a staging folder); the files written."""
+    from .config import saved_configs
+
     written = []
+    made_by = [f"Made by `python -m bench run --config {path}` (kept in the results folder as "
+               f"`configs/{copy}`).\n" for path, copy in saved_configs(store.dir)]
     for ck, d_all in df.groupby("checkpoint", dropna=False):
         d_all = d_all.assign(label=sampler_labels(d_all))
         is_nll = d_all["sampler"].str.startswith(NLL_PREFIX).fillna(False).astype(bool)
@@ -419,31 +423,35 @@ def _render(df: pd.DataFrame, store: ResultsStore, out_dir: Path) -> list[Path]:
         d, lik, guided = d_all[~is_nll & ~is_guided], d_all[is_nll], d_all[is_guided]
         ok = d[d["status"] == "ok"]
         present = [m for m in PLOT_METRICS if ok[m].notna().any()]
+        tabled = [m for m in TABLE_METRICS if m in ok and ok[m].notna().any()]
         folder = _inside(out_dir, out_dir / checkpoint_folder(ck))
         folder.mkdir(parents=True, exist_ok=True)
         sampled = d_all[~is_nll]
         parts = [f"# {ck}\n", f"{len(sampled)} cells, seeds {sorted(d_all['seed'].unique().tolist())}, "
-                 f"{int(sampled['n_samples'].iloc[0]) if len(sampled) else 0} samples per cell. Mean ± std over "
+                 f"{int(sampled['n_samples'].iloc[0]) if len(sampled) else 0} samples per cell. Tables: mean over "
                  f"seeds ± the half-width of its {100 * (1 - ALPHA):g} % t interval over seeds; best mean per column in bold "
-                 "(sampler metrics only, never likelihoods); n/a = NFE not supported, div. = diverged, err = error.\n"]
+                 "(sampler metrics only, never likelihoods); n/a = NFE not supported, div. = diverged, err = error. Plots: "
+                 "mean ± std over seeds.\n"] + made_by
         if present:
             parts.append("![metrics](metrics.png)\n")
             plot_metrics(d, present, str(ck), _inside(out_dir, folder / "metrics.png"))
             written.append(folder / "metrics.png")
-        for metric in (m for m in TABLE_METRICS if m in present):
+        for metric in tabled:
             table = metric_table(d, metric)
             for suffix, fmt in ((".md", to_markdown), (".tex", to_latex)):
                 path = _inside(out_dir, folder / f"{metric}{suffix}")
                 path.write_text(fmt(*table, metric))
                 written.append(path)
             parts.append(f"## {metric} ({'lower' if METRICS[metric] else 'higher'} is better)\n\n" + to_markdown(*table, metric))
-        primary = next((m for m in ("fid", "solver_error_median") if m in present), None)
+        primary = next((m for m in ("fid", "solver_error_median") if m in tabled), None)
         paired = paired_table(d, primary) if primary else None
         if paired is not None:
             _inside(out_dir, folder / f"{primary}_paired.md").write_text(to_markdown(*paired, primary))
             written.append(folder / f"{primary}_paired.md")
             parts.append(f"## {primary}: paired difference to {PAIRED_BASELINE} (same seed, same x_T)\n\n"
                          f"{MARK_NOTE}\n\n" + to_markdown(*paired, primary))
+        if primary:
+            written += _student_section(d, primary, str(ck), out_dir, folder, parts)
         if sample_grid(d, store, _inside(out_dir, folder / "samples.png")):
             written.append(folder / "samples.png")
             parts.append("## Samples (first seed; rows samplers, columns NFE)\n\n![samples](samples.png)\n")
@@ -470,6 +478,23 @@ def _render(df: pd.DataFrame, store: ResultsStore, out_dir: Path) -> list[Path]:
             path.write_text(fmt(*likelihood_table(df)))
             written.append(path)
     return written
+
+
+def _student_section(d: pd.DataFrame, metric: str, title: str, out_dir: Path, folder: Path, parts: list) -> list:
+    """"Student or solver?" (``bench.report_pareto``): the best of each within every NFE budget, and the Pareto
+    plot; nothing without both students and solvers."""
+    from .report_pareto import NOTE, plot_pareto, student_or_solver
+
+    table = student_or_solver(d, metric)
+    if table is None:
+        return []
+    md = _rows_markdown(*table)
+    path = _inside(out_dir, folder / "student_or_solver.md")
+    path.write_text(md)
+    plot = _inside(out_dir, folder / "pareto.png")
+    plot_pareto(d, metric, title, plot)
+    parts.append(f"## Student or solver? Best at NFE ≤ N by {metric}\n\n{NOTE}\n\n{md}\n![pareto](pareto.png)\n")
+    return [path, plot]
 
 
 def _likelihood_section(lik: pd.DataFrame, title: str, out_dir: Path, folder: Path) -> tuple[list[Path], str]:

@@ -89,6 +89,13 @@ def _fmt(x: float) -> str:
     return "nan" if not math.isfinite(x) else f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
+def _ref_name(rows: pd.DataFrame) -> str:
+    """The reference name an adaptive ODE row would have (``references``), to tell the reference row itself."""
+    r = rows.iloc[0]
+    rtol = _rtol(r["sampler_config"])
+    return f"{r['sampler'].removeprefix(NLL_PREFIX)}" + ("" if not math.isfinite(rtol) else f", rtol {rtol:g}")
+
+
 def convergence_table(lik: pd.DataFrame) -> tuple[list[str], list, list[list[str]], str]:
     """(estimator labels, columns, cells, note) of one checkpoint: "NLL ± SE (Δ ± SE)" per NFE; no bold anywhere.
 
@@ -111,7 +118,9 @@ def convergence_table(lik: pd.DataFrame) -> tuple[list[str], list, list[list[str
             if c == "adaptive":
                 text += f" @{sel['nfe_counted'].mean():.0f} NFE"
             d, se, how = distance(sel)
-            if math.isfinite(d):
+            if (sel["ref"] == _ref_name(sel)).all() and (sel["delta_bpd"] == 0).all():
+                text += " (the converged value)"
+            elif math.isfinite(d):
                 text += f" (Δ {d:+.3g} ± {_fmt(se)}{'†' if how == 'unpaired' else ''})"
             row.append(text)
         cells.append(row)

@@ -81,6 +81,8 @@ def main(results):
     seeds = sorted(int(s) for s in df["seed"].unique())
     n = sorted(int(v) for v in df[df["checkpoint"].isin(DIGITS)]["n_samples"].unique())
     print("# Which solver wins on which family\n")
+    print("Reproduce: `python -m bench run --config reports/families/config.toml --results RESULTS && PYTHONPATH=. "
+          "python reports/families/families.py RESULTS > reports/families/README.md`.\n")
     print(f"The same samplers (the default sweep's training-free solvers, plus `ipndm`, `dpmpp_2m_sde`, "
           f"`euler_ancestral`) at NFE 5, 10, 20 on `digits` (VP, eps), `digits-edm` (EDM's preconditioned denoiser) "
           f"and `digits-flow` (flow-matching velocity): the same UNet, split, optimiser and stopping rule in each "
