@@ -221,6 +221,14 @@ def parse_budget(text, min_cells: int = 2) -> tuple[int | None, float | None]:
 
 
 # -- run ----------------------------------------------------------------------------------------------------------
+def apply_run_config(args, run_parser, argv) -> None:
+    """``run --config FILE``: set ``args`` from the TOML file (``bench.config``); ValueError for a file that cannot be
+    read, an unknown key (naming the allowed ones), a value its flag would not take, or an option given twice."""
+    from .config import apply_config, given_options, read_toml
+
+    apply_config(args, read_toml(args.config), run_parser, given_options(run_parser, argv), f"--config {args.config}")
+
+
 MAX_SEED = 2**63 - 1  # seeds are stored as int64
 RUN_SIZES = {"--batch-size": MAX_BATCH, "--n-samples": MAX_SAMPLES, "--nll-samples": MAX_NLL_SAMPLES,
              "--reference-samples": MAX_SAMPLES}  # each >= 1
