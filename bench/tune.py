@@ -16,7 +16,11 @@ kill without repeating finished trials, and processes sharing the folder split i
    next to its own options on every fixed grid, on held-out seeds the search never saw; paired differences per
    seed with a t interval, flagged when it includes 0.
 
-Selection is on solver error against the reference ODE solution only (the exact oracle on the mixtures).
+Selection is on solver error against the reference ODE solution only (the exact oracle on the mixtures); FID, where
+the checkpoint has it, is read from the same held-out cells and reported, never selected on. ``--budget`` is cells per
+family and NFE or a time for the whole search (``30m``): either way a prefix of one seeded screen order, so a time
+budget's search reruns exactly as the cell budget its preset records. ``--transfer`` runs presets tuned on one
+checkpoint, and their defaults, on another (``run_transfer``), on the same held-out seeds.
 """
 from __future__ import annotations
 
@@ -892,4 +896,29 @@ def summary_table(rows: list[dict]) -> str:
                          if k not in ("t_end", "grid") and not k.startswith("threshold"))
         lines.append(f"| {r['sampler']} | {r['nfe']} | {fitted} | "
                      + " | ".join(f"{h[f'grid:{g}']:.3g}" for g in FIXED_GRIDS) + f" | {fc['base']}: {opts} |")
+    if any(r.get("heldout_fid") for r in rows):
+        lines += ["", "Held-out FID of the same cells (confirms, never selects): default vs tuned, paired per seed:", "",
+                  "| sampler | NFE | default FID | tuned FID | default - tuned (95% CI) | best fixed grid - tuned (95% CI) "
+                  "| fitted | " + " | ".join(FIXED_GRIDS) + " |",
+                  "|---|---|---|---|---|---|---|" + "---|" * len(FIXED_GRIDS)]
+        for r in rows:
+            f = r.get("heldout_fid")
+            if not f:
+                continue
+            q = r["paired_fid_vs_best_fixed"]
+            vs = "same" if q["diff_mean"] == 0 and q["ci95"] == [0, 0] else _ci(q, ".2f")
+            lines.append(f"| {r['sampler']} | {r['nfe']} | {f['default']:.2f} | {f['tuned']:.2f} | "
+                         f"{_ci(r['paired_fid'], '.2f')} | {vs} | {f.get('grid:fitted', math.nan):.2f} | "
+                         + " | ".join(f"{f[f'grid:{g}']:.2f}" for g in FIXED_GRIDS) + " |")
+    if any(r.get("dp_objective") for r in rows):
+        lines += ["", "The DP's objective (tuning seed) against the held-out error, fitted schedule and fixed grids: "
+                  "objective / held-out error:", "",
+                  "| sampler | NFE | cost, gamma | fitted | " + " | ".join(FIXED_GRIDS) + " |",
+                  "|---|---|---|---|" + "---|" * len(FIXED_GRIDS)]
+        for r in rows:
+            o, h, fc = r.get("dp_objective"), r["heldout_error"], r["fitted_compared"]
+            if not o:
+                continue
+            cols = [f"{o[k]:.3g} / {h[k]:.3g}" for k in ["grid:fitted"] + [f"grid:{g}" for g in FIXED_GRIDS]]
+            lines.append(f"| {r['sampler']} | {r['nfe']} | {fc['fit']}, {fc['gamma']} | " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n"

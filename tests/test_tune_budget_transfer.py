@@ -47,8 +47,8 @@ def test_time_budget_stops_the_screen_and_reruns_as_a_cell_budget(tmp_path, gmm2
     """A time budget too small for more than one chunk screens one chunk; its preset records the cell budget that
     reruns the same search, and that rerun on the same folder computes no new cell and picks the same winner."""
     method = [samplers.get("unipc_bh1_3")]
-    timed = tune.TuneSettings("gmm-2d", [5], ["unipc_bh1_3"], results=str(tmp_path), budget=None, budget_s=1e-6,
-                              **SMALL)
+    timed = tune.TuneSettings("gmm-2d", [5], ["unipc_bh1_3"], results=str(tmp_path), budget=None,
+                              budget_s=1e-6, **SMALL)
     first = tune.run_tune(timed, gmm2d, method)[0]
     assert first["screen_trials"] == tune.SCREEN_CHUNK < len(tune.search_space(method[0], 5))
     rec = json.loads(open(first["preset"]).read())
@@ -62,7 +62,7 @@ def test_time_budget_stops_the_screen_and_reruns_as_a_cell_budget(tmp_path, gmm2
     assert again["tuned_options"] == first["tuned_options"] and again["tuned_times"] == first["tuned_times"]
 
 
-# -- the paired interval ------------------------------------------------------------------------------------------------
+# -- the paired interval ------------------------------------------------------------------------------------------
 def test_paired_interval_on_hand_computed_values():
     # d = default - tuned = [2, 3, 2]: mean 7/3, sd sqrt(1/3), half width t(0.975, 2 dof) 4.303 * sd / sqrt(3)
     p = tune.paired([3.0, 5.0, 4.0], [1.0, 2.0, 2.0])
@@ -128,5 +128,6 @@ def test_transfer_runs_default_and_tuned_on_another_checkpoint(tmp_path, capsys)
     d = [a - b for a, b in zip(r["heldout_per_seed"]["default"], r["heldout_per_seed"]["tuned"])]
     assert r["paired"]["diff_mean"] == pytest.approx(sum(d) / 3, rel=1e-12)
     assert "fitted-x (gmm-2d) | gmm-2d-edm | 5" in capsys.readouterr().out
-    assert main(cmd) == 0 and json.loads((folder / "transfer-gmm-2d-edm.json").read_text())["transfer"]["cells_run"] == 0
+    assert main(cmd) == 0
+    assert json.loads((folder / "transfer-gmm-2d-edm.json").read_text())["transfer"]["cells_run"] == 0
     assert main(["tune", "--checkpoint", "gmm-2d-edm", "--transfer", "nothing-*", "--results", str(folder)]) == 2
