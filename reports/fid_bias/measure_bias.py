@@ -3,6 +3,8 @@ cost per cell.
 
     OMP_NUM_THREADS=1 python reports/fid_bias/measure_bias.py [--results DIR] [--out reports/fid_bias/bias.md]
 
+bias.md was made with RUN (below) into results/fid-bias, then --results results/fid-bias --out reports/fid_bias/bias.md.
+
 1. The floor: FID of real held-out digits (300 images the classifier and the UNet never saw) against the reference,
    at subset sizes N (20 random subsets each), and FID-infinity of the same images with the harness's estimator
    (``bench.metrics.fid_bias``), with its spread over 20 subset seeds.
@@ -23,6 +25,8 @@ from bench.metrics import fid as fidmod
 from bench.metrics import fid_bias
 from pretrained.data import digits_split
 
+RUN = ("python -m bench run --checkpoint digits --sampler ddim dpm_solver++_3m --nfe 5 10 20 --seeds 0 1 2 "
+       "--n-samples 500 --threads 1 --results results/fid-bias")
 SIZES = (50, 100, 150, 200, 250, 300)
 DRAWS = 20
 
@@ -103,7 +107,8 @@ def main():
             + (f" --results {args.results}" if args.results else "") + "`", "", "## The floor: real against real", "",
             *lines, ""]
     if args.results:
-        text += ["## Model samples", "", *results_table(args.results), ""]
+        text += ["## Model samples", "", f"Cells of `{RUN}` (when --results is that folder); mean +- sd over seeds.",
+                 "", *results_table(args.results), ""]
     text += ["## Cost", "", cost(ck, args.cache), ""]
     out = "\n".join(text)
     print(out)
