@@ -100,3 +100,11 @@ def test_rows_carry_prdc_in_fid_feature_space(tmp_path):
     noisy = fidmod.fid_kid(x + 0.6 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)), ck,
                            cache_dir=str(tmp_path))
     assert noisy["precision"] < got["precision"] - 0.2 and noisy["density"] < got["density"]
+
+
+def test_statistics_reference_gives_no_prdc_but_fid_inf():
+    """Against precomputed mu / sigma there are no reference features: PRDC is NaN, FID-infinity is computed."""
+    f = torch.randn(300, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    out = fidmod._feature_metrics(f, None, np.zeros(4), np.eye(4), "cpu")
+    assert all(np.isnan(out[k]) for k in ("precision", "recall", "density", "coverage"))
+    assert out["feat_n"] == 300 and out["feat_ref_n"] is None and abs(out["fid_inf"]) < 0.05
