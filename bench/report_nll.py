@@ -194,12 +194,13 @@ def likelihood_rows(nll: pd.DataFrame) -> list[dict]:
     for (ck, lab), g in rows.groupby(["checkpoint", "label"]):
         for nfe, h in g.groupby(g["nfe"].astype("Float64").fillna(-1)):
             d, se, how = distance(h)
+            is_ref = (h["ref"] == _ref_name(h)).all() and (h["delta_bpd"] == 0).all()
             exact = h["nll_exact_bpd"].dropna()
             out.append({"checkpoint": str(ck), "estimator": str(lab).removeprefix(NLL_PREFIX),
                         "nfe": f"{h['nfe_counted'].mean():.0f}" + ("" if nfe >= 0 else " (adaptive)"),
                         "nll": f"{_fmt(h['nll_bpd'].mean())} ± {_fmt(h['nll_bpd_se'].mean())}",
                         "exact": _fmt(exact.mean()) if len(exact) else "",
-                        "delta": "" if not math.isfinite(d) else f"{d:+.3g} ± {_fmt(se)}" + ("†" if how == "unpaired" else ""),
+                        "delta": "0 (the converged value)" if is_ref else "" if not math.isfinite(d) else f"{d:+.3g} ± {_fmt(se)}" + ("†" if how == "unpaired" else ""),
                         "ref": ", ".join(sorted(h["ref"].dropna().unique())),
                         "kind": BOUND_KIND[h["kind"].iloc[0]].split(" (")[0],
                         "seconds": _fmt(h["wall_clock_s"].mean())})
