@@ -45,8 +45,22 @@ def test_extrapolates_gaussian_bias_away():
 
 def test_subset_sizes():
     sizes = fid_bias.subset_sizes(500, 64)
-    assert (sizes[0], sizes[-1], len(sizes)) == (64, 500, fid_bias.FID_INF_POINTS)
+    assert (sizes[0], sizes[-1], len(sizes)) == (128, 500, fid_bias.FID_INF_POINTS)  # from 2 d
     assert fid_bias.subset_sizes(50_000, 2048)[0] == 5000  # the paper's range: 5,000 to 50,000
-    assert fid_bias.subset_sizes(100, 64) is None  # fewer than 2 d samples: no range to fit
-    out = fid_bias.fid_infinity(torch.randn(100, 64, dtype=torch.float64), np.zeros(64), np.eye(64))
+    assert fid_bias.subset_sizes(255, 64) is None  # fewer than 4 d samples: no range of a factor 2 from 2 d
+    out = fid_bias.fid_infinity(torch.randn(255, 64, dtype=torch.float64), np.zeros(64), np.eye(64))
     assert np.isnan(out["fid_inf"]) and np.isnan(out["fid_inf_slope"])
+
+
+def test_subsets_per_size(monkeypatch):
+    """Five subsets per size for a small pool (the fit's noise), one from the paper's 5,000 samples on (its cost)."""
+    drawn = []
+
+    def line(f, subsets, mu, sigma):  # FID = 1 + 1 / N exactly
+        drawn.append(len(subsets))
+        return [1.0 + 1.0 / len(s) for s in subsets]
+    monkeypatch.setattr(fid_bias, "frechet_distances", line)
+    for n in (500, fid_bias.FID_INF_ONE_DRAW_N):
+        out = fid_bias.fid_infinity(torch.zeros(n, 8, dtype=torch.float64), np.zeros(8), np.eye(8))
+        assert out == pytest.approx({"fid_inf": 1.0, "fid_inf_slope": 1.0})
+    assert drawn == [fid_bias.FID_INF_POINTS * fid_bias.FID_INF_REPEATS, fid_bias.FID_INF_POINTS]
