@@ -329,7 +329,9 @@ def _guidance_section(guided: pd.DataFrame, title: str, out_dir: Path, folder: P
             f"{len(guided)} guided cells. accuracy: the classifier's label = the requested label (higher is better); "
             "out_of_range: share of samples with a pixel beyond the data range by more than the checkpoint's tolerance "
             "(digits: one level, 2/16), before clipping; FID against the "
-            "class-balanced reference. Mean ± std over seeds.\n"]
+            f"class-balanced reference. Tables: mean over seeds ± the half-width of its {100 * (1 - ALPHA):g} % t "
+            "interval; "
+            "plot and guidance.csv: mean and std over seeds.\n"]
     files = []
     if not present:
         return files, "\n".join(text)
