@@ -48,7 +48,7 @@ def student_or_solver(d: pd.DataFrame, metric: str) -> tuple[list[str], list[lis
     if means.empty or not means["student"].any() or means["student"].all():
         return None
     lower = METRICS.get(metric, True)
-    head = [f"NFE ≤ N", "best student (NFE)", metric, "best solver (NFE)", metric, f"student − solver "
+    head = ["NFE ≤ N", "best student (NFE)", metric, "best solver (NFE)", metric, f"student − solver "
             f"[{100 * (1 - ALPHA):g} % CI]", "answer"]
     rows, tests, pairs = [], [], []
     for n in sorted(int(x) for x in means["nfe"].unique()):
