@@ -92,6 +92,8 @@ def breakdown(argv: list[str]) -> int:
         return first(*args, **kwargs)
     runner.run_cell = run_cell
     probe.wrap(runner.ReferenceCache, "get", "reference")
+    if hasattr(runner.ReferenceCache, "error"):  # the reference's own error, estimated once per checkpoint
+        probe.wrap(runner.ReferenceCache, "error", "reference")
     if hasattr(runner, "run_likelihood_cell"):  # nll:<estimator> cells of the sweep
         probe.wrap(runner, "run_likelihood_cell", "likelihood")
     probe.wrap(runner, "generate_shard", "cell")          # exclusive part: metric sums, the FID network, bookkeeping
@@ -105,9 +107,11 @@ def breakdown(argv: list[str]) -> int:
         probe.wrap(ResultsStore, attr, "io")
     # The network of every checkpoint the sweep loads (loaded once per process; the runner gets the same object).
     load = pretrained.registry._load
+    loaded = {}
 
     def load_and_wrap(*args, **kwargs):
         ck = load(*args, **kwargs)
+        loaded[ck.name] = ck
         if not getattr(ck.model.fn, "_probed", False):
             holder = type("Net", (), {"fn": staticmethod(ck.model.fn)})
             probe.wrap(holder, "fn", "model")
@@ -118,9 +122,45 @@ def breakdown(argv: list[str]) -> int:
     pretrained.registry._load = load_and_wrap
     from bench.cli import main
     code = main(argv)
-    _emit({**probe.report(), **marks, "end": time.time(), "cpu": time.process_time(),
-           "code": code})
+    end, cpu, report = time.time(), time.process_time(), probe.report()
+    _emit({**report, **marks, "end": end, "cpu": cpu, "code": code, "floor": floor(argv, loaded)})
     return code
+
+
+def network_seconds_per_sample(ck, batch: int, repeats: int = 5) -> float:
+    """The network's own time per sample at ``batch`` (median of ``repeats`` calls after one warm-up), at t = T / 2."""
+    import statistics
+
+    import torch
+    x = torch.randn(batch, *ck.data_shape, generator=torch.Generator().manual_seed(0)).to(ck.device)
+    t = torch.full((batch,), ck.model.schedule.T / 2, dtype=torch.float64)
+    ck.model(x, t)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ck.model(x, t)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / batch
+
+
+def floor(argv: list[str], loaded: dict) -> dict:
+    """The model-evaluation floor of the finished run: counted NFE x samples x the network's own time per sample at
+    the cell's batch size (min(batch size, samples)), summed over its ok cells (likelihood cells: forward passes)."""
+    from bench.store import ResultsStore
+
+    rows = ResultsStore(argv[argv.index("--results") + 1]).read()
+    rows = rows[rows["status"] == "ok"]
+    per_sample, total, evals = {}, 0.0, 0
+    for _, r in rows.iterrows():
+        n = int(r["nll_n"]) if str(r["sampler"]).startswith("nll:") else int(r["n_samples"])
+        batch = min(int(r["batch_size"]), n)
+        key = (r["checkpoint"], batch)
+        if key not in per_sample:
+            per_sample[key] = network_seconds_per_sample(loaded[r["checkpoint"]], batch)
+        total += float(r["nfe_counted"]) * n * per_sample[key]
+        evals += float(r["nfe_counted"]) * n
+    return {"floor_s": total, "sample_evaluations": evals, "cells": len(rows),
+            "s_per_sample": {f"{c}@{b}": v for (c, b), v in per_sample.items()}}
 
 
 if __name__ == "__main__":
