@@ -31,13 +31,14 @@ class Probe:
         self.excl = defaultdict(lambda: [0.0, 0.0])
         self.calls = defaultdict(int)
         self.stack = []  # [part, wall0, cpu0, child wall, child cpu]
+        self.active = False  # parts count from the first cell on (the pre-flight's dry runs belong to start-up)
 
     def wrap(self, owner, attr, part):
         orig = getattr(owner, attr)
 
         @wraps(orig)
         def timed(*args, **kwargs):
-            if any(frame[0] in OPAQUE for frame in self.stack):
+            if not self.active or any(frame[0] in OPAQUE for frame in self.stack):
                 return orig(*args, **kwargs)
             self.stack.append([part, time.perf_counter(), time.thread_time(), 0.0, 0.0])
             try:
@@ -89,6 +90,7 @@ def breakdown(argv: list[str]) -> int:
     def run_cell(*args, **kwargs):
         if "first_cell" not in marks:
             marks.update(first_cell=time.time(), first_cell_cpu=time.process_time())
+            probe.active = True
         return first(*args, **kwargs)
     runner.run_cell = run_cell
     probe.wrap(runner.ReferenceCache, "get", "reference")
