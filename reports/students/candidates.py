@@ -26,7 +26,7 @@ from pretrained.genie import as_model, load_head
 SEEDS, N = range(5), 500
 CELLS = {"cd": [("cd", 1, None), ("cd", 2, None), ("cd", 4, None), ("cd", 8, None)],
          "genie": [("genie", 10, None), ("genie", 20, None), ("genie,afs=True", 10, None)],
-         "cond": [("ddim", 20, 0.0), ("ddim", 20, 1.0), ("ddim", 20, 3.0)]}
+         "cond": [("ddim", 20, 0.0), ("ddim", 20, 1.0)]}
 
 
 def models(kind: str, folder: str):

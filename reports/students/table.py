@@ -66,7 +66,7 @@ def cost_cells(sampler: str, nfe: int) -> str:
 def fids(results: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     df = ResultsStore(results).read()
     df = df[df.checkpoint == "digits"].copy()
-    df["label"] = sampler_labels(df)
+    df["label"] = sampler_labels(df).replace("ddim[grid=time_uniform]", "ddim")  # DDIM's default grid
     return df, df[df.status == "ok"]
 
 
@@ -93,7 +93,7 @@ def main_table(df: pd.DataFrame, ok: pd.DataFrame) -> None:
 
 
 def orderings(ok: pd.DataFrame) -> None:
-    by = ok.set_index(["label", "nfe", "seed"]).fid
+    by = ok.set_index(["label", "nfe", "seed"]).fid.sort_index()
     print("| A | B | papers | FID(A) - FID(B), 95 % CI over seeds | here | agrees |")
     print("|---|---|---|---|---|---|")
     for (a, na), (b, nb), paper, source in ORDERINGS:
@@ -112,7 +112,7 @@ def orderings(ok: pd.DataFrame) -> None:
 
 def main(results: str) -> None:
     df, ok = fids(results)
-    seeds = sorted(ok.seed.unique())
+    seeds = sorted(int(s) for s in ok.seed.unique())
     print(f"Seeds {seeds}, {int(ok.n_samples.iloc[0])} samples per cell.\n")
     main_table(df, ok)
     print()
