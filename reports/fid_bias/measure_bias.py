@@ -10,7 +10,8 @@ bias.md was made with RUN (below) into results/fid-bias, then --results results/
    (``bench.metrics.fid_bias``), with its spread over 20 subset seeds.
 2. With --results DIR (a digits run): per sampler and NFE, FID and FID-infinity over the seeds, so a table can say
    which differences are larger than the bias.
-3. Seconds per cell that PRDC and FID-infinity add to a 500-sample digits cell.
+3. Seconds per cell that PRDC and FID-infinity add to a 500-sample digits cell (--rgb-cost: and on Inception-sized
+   features).
 """
 from __future__ import annotations
 
@@ -93,23 +94,39 @@ def cost(ck, cache) -> str:
             f"{full:.2f} s, of which PRDC and FID-infinity {extra:.2f} s (median of 7).")
 
 
+def rgb_cost() -> str:
+    """Seconds of PRDC and FID-infinity on Inception-sized features: 10,000 synthetic 2048-d ones each side."""
+    from bench.metrics.prdc import prdc
+    g = torch.Generator().manual_seed(0)
+    fake, real = torch.randn(10_000, 2048, generator=g), torch.randn(10_000, 2048, generator=g)
+    t = time.perf_counter()
+    fid_bias.fid_infinity(fake, np.zeros(2048), np.eye(2048))
+    t_inf = time.perf_counter() - t
+    t = time.perf_counter()
+    prdc(fake, real)
+    return (f"10,000 synthetic 2048-d features against 10,000, one thread: PRDC {time.perf_counter() - t:.0f} s, "
+            f"FID-infinity {t_inf:.0f} s.")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", help="a digits results folder to tabulate FID and FID_inf from")
     ap.add_argument("--out", help="write the markdown here as well")
     ap.add_argument("--cache", default="results/cache", help="reference statistics cache")
+    ap.add_argument("--rgb-cost", action="store_true", help="also time them on Inception-sized features (minutes)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     ck = pretrained.load("digits")
     lines, _ = floor_table(ck, args.cache)
     text = ["# FID's small-sample bias on the digits reference", "",
             "Command: `OMP_NUM_THREADS=1 python reports/fid_bias/measure_bias.py"
-            + (f" --results {args.results}" if args.results else "") + "`", "", "## The floor: real against real", "",
+            + (f" --results {args.results}" if args.results else "") + (" --rgb-cost" if args.rgb_cost else "") + "`",
+            "", "## The floor: real against real", "",
             *lines, ""]
     if args.results:
         text += ["## Model samples", "", f"Cells of `{RUN}` (when --results is that folder); mean +- sd over seeds.",
                  "", *results_table(args.results), ""]
-    text += ["## Cost", "", cost(ck, args.cache), ""]
+    text += ["## Cost", "", cost(ck, args.cache), *([rgb_cost()] if args.rgb_cost else []), ""]
     out = "\n".join(text)
     print(out)
     if args.out:
