@@ -74,7 +74,8 @@ def test_a_run_keeps_its_config_and_the_report_names_it(tmp_path):
     assert read_toml(copy)["nfe"] == [5, 10]  # the copy is the config (the first line is a comment)
 
 
-COMMITTED = sorted(p for p in ROOT.glob("reports/*/config.toml"))
+# reports/NAME/config.toml, or reports/NAME/configs/*.toml where a report's cells are several sweeps
+COMMITTED = sorted([*ROOT.glob("reports/*/config.toml"), *ROOT.glob("reports/*/configs/*.toml")])
 
 
 def test_the_committed_reports_have_valid_configs_named_by_their_readmes():
@@ -85,4 +86,5 @@ def test_the_committed_reports_have_valid_configs_named_by_their_readmes():
         apply_config(args, read_toml(path), parser.run_parser, set(), str(path))
         assert resolve_methods(args.sampler, args.allow_large)  # every sampler spec resolves
         rel = path.relative_to(ROOT).as_posix()
-        assert f"--config {rel}" in (path.parent / "README.md").read_text(), rel
+        readme = path.parent / "README.md" if path.parent.name != "configs" else path.parent.parent / "README.md"
+        assert f"--config {rel}" in readme.read_text(), rel
