@@ -18,17 +18,6 @@ GAIN = {"unipc_bh1_3": 3.0, "dpm_solver++_3m": 2.0}  # measured here 6.9x and 2.
 SETTINGS = dict(tune_samples=32, val_seeds=4, val_samples=16, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _forget_tuned_presets():
-    """Presets registered here leave the registry with this module (other tests list every sampler)."""
-    from samplers.registry import _REGISTRY
-    before = set(_REGISTRY)
-    yield
-    for name in set(_REGISTRY) - before:
-        if name.startswith(tune.TUNED_PREFIX):
-            del _REGISTRY[name]
-
-
 # -- the DP and explicit grids --------------------------------------------------------------------------------------
 def _brute_force(C, steps, gamma):
     import itertools

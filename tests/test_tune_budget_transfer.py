@@ -16,16 +16,6 @@ from bench.store import ResultsStore
 SMALL = dict(tune_samples=8, val_seeds=3, val_samples=8, top=1, gammas=(1.0,))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _forget_tuned_presets():
-    from samplers.registry import _REGISTRY
-    before = set(_REGISTRY)
-    yield
-    for name in set(_REGISTRY) - before:
-        if name.startswith(tune.TUNED_PREFIX):
-            del _REGISTRY[name]
-
-
 # -- --budget ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text,want", [("200", (200, None)), ("2", (2, None)), ("30m", (None, 1800.0)),
                                        ("90s", (None, 90.0)), ("1.5h", (None, 5400.0)), (" 10m ", (None, 600.0))])
